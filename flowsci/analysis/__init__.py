@@ -1,0 +1,1 @@
+"""Observables, diagnostics, plots and the report."""

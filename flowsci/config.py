@@ -1,0 +1,125 @@
+"""Load and validate a flowsci config against workflow/schemas/config.schema.yaml.
+
+The same schema file is used by the Snakemake workflow (workflow/rules/common.smk) and the
+CLI; defaults come from the schema, so a config only states what differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "config.schema.yaml"
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _with_defaults(cls):
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+                elif "$ref" in sub and name not in instance:
+                    target = validator._resolver.lookup(sub["$ref"]).contents
+                    if "default" in target:
+                        instance[name] = copy.deepcopy(target["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
+    """Return a validated deep copy of `config` with schema defaults filled in.
+
+    Raises ConfigError naming the offending key path and the source file.
+    """
+    config = copy.deepcopy(config)
+    validator = _Validator(load_schema())
+    # a second pass validates the defaults that the first pass inserted
+    for _ in range(2):
+        errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+            raise ConfigError(f"{source}: config key {where}: {e.message}")
+    _check_consistency(config, source)
+    return config
+
+
+def _check_consistency(config: dict, source: str) -> None:
+    for run, spec in config["runs"].items():
+        if spec["system"] not in config["systems"]:
+            raise ConfigError(
+                f"{source}: runs.{run}.system = {spec['system']!r} is not a key of systems "
+                f"({', '.join(config['systems'])})")
+        if "/" in run or run.startswith("."):
+            raise ConfigError(f"{source}: run name {run!r} must be a plain directory name")
+    for name, spec in config["systems"].items():
+        data = spec["data"]
+        if data["source"] == "generate" and "generator" not in data:
+            raise ConfigError(f"{source}: systems.{name}.data: source 'generate' needs 'generator'")
+        if data["source"] == "file" and "input" not in data:
+            raise ConfigError(f"{source}: systems.{name}.data: source 'file' needs 'input'")
+        sp = data["splits"]
+        if sp["train"] <= 0 or sp["train"] + sp["val"] + sp["test"] <= 0:
+            raise ConfigError(f"{source}: systems.{name}.data.splits: train fraction must be > 0")
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read YAML (or JSON) at `path`, apply `key.sub=value` overrides, validate."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: config must be a mapping, got {type(config).__name__}")
+    for item in overrides or []:
+        apply_override(config, item)
+    return validate_config(config, str(path))
+
+
+def apply_override(config: dict, item: str) -> None:
+    """Apply 'a.b.c=value' (value parsed as YAML) in place."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, value = item.split("=", 1)
+    node = config
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {p!r} is not a mapping")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def dump_config(config: dict, path: str | os.PathLike) -> None:
+    """Write `config` as YAML atomically (only if the content changed, to keep mtimes stable)."""
+    path = Path(path)
+    text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,211 @@
+"""The flowsci HDF5 schema: atomic writes, provenance and validation.
+
+Root attrs: schema_version, kind ('particles' | 'lattice' | 'samples'), system, units,
+temperature, created, flowsci_version, source (JSON: path, sha256), config (JSON).
+Particles: positions [N, n_atoms, dim], atomic_numbers [n_atoms], optional energies [N]
+(reduced), forces, cell, pbc. Lattice: fields [N, *shape], actions [N].
+Splits: group splits/ with int64 index arrays train, val, test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..errors import DataError
+
+SCHEMA_VERSION = 1
+ROOT_ATTRS = ("schema_version", "kind", "system", "units", "temperature", "created",
+              "flowsci_version", "source", "config")
+MAIN_ARRAY = {"particles": "positions", "lattice": "fields", "samples": "x"}
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def provenance(kind: str, system: str, *, units: str, temperature: float | None,
+               source: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Root attrs for a new file. `source`: e.g. {'path': ..., 'sha256': ...} or generator info."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "system": system,
+        "units": units,
+        "temperature": float("nan") if temperature is None else float(temperature),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "flowsci_version": __version__,
+        "source": json.dumps(source, sort_keys=True, default=str),
+        "config": json.dumps(config, sort_keys=True, default=str),
+    }
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    An exception (or a crash) leaves any existing file at `path` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_h5(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
+             groups: dict[str, dict[str, np.ndarray]] | None = None,
+             compression: str | None = "gzip") -> Path:
+    """Write arrays (and groups of arrays) with root attrs, atomically."""
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            for name, arr in arrays.items():
+                arr = np.asarray(arr)
+                comp = compression if arr.size > 1024 else None
+                f.create_dataset(name, data=arr, compression=comp)
+            for gname, members in (groups or {}).items():
+                g = f.require_group(gname)
+                for name, arr in members.items():
+                    g.create_dataset(name, data=np.asarray(arr))
+    return Path(path)
+
+
+def make_splits(n: int, fractions: dict[str, float], method: str = "random",
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Disjoint, covering index sets. method 'random' (seeded) or 'contiguous' (blocks in order)."""
+    names = ("train", "val", "test")
+    fr = np.array([float(fractions.get(k, 0.0)) for k in names])
+    if n <= 0:
+        raise DataError("cannot split an empty dataset")
+    if np.any(fr < 0) or fr.sum() <= 0:
+        raise DataError(f"split fractions must be non-negative with a positive sum: {fractions}")
+    fr = fr / fr.sum()
+    counts = np.floor(fr * n).astype(int)
+    counts[0] += n - counts.sum()
+    if method == "random":
+        order = np.random.default_rng(seed).permutation(n)
+    elif method == "contiguous":
+        order = np.arange(n)
+    else:
+        raise DataError(f"unknown split method {method!r}; use 'random' or 'contiguous'")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return {k: np.sort(order[bounds[i]:bounds[i + 1]]).astype(np.int64)
+            for i, k in enumerate(names)}
+
+
+def validate_h5(path: str | os.PathLike) -> dict[str, Any]:
+    """Check a flowsci HDF5 file against the schema; return its root attrs.
+
+    Raises DataError naming the file and the first problem found.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
+        missing = [a for a in ROOT_ATTRS if a not in f.attrs]
+        if missing:
+            raise DataError(f"{path}: missing root attribute(s) {missing}")
+        attrs = {k: _py(v) for k, v in f.attrs.items()}
+        kind = attrs["kind"]
+        if kind not in MAIN_ARRAY:
+            raise DataError(f"{path}: unknown kind {kind!r}")
+        main = MAIN_ARRAY[kind]
+        if main not in f:
+            raise DataError(f"{path}: kind {kind!r} requires dataset {main!r}")
+        n = f[main].shape[0]
+        if n == 0:
+            raise DataError(f"{path}: dataset {main!r} is empty")
+        for name, ds in f.items():
+            if isinstance(ds, h5py.Dataset) and ds.ndim >= 1 and name in PER_FRAME:
+                if ds.shape[0] != n:
+                    raise DataError(f"{path}: {name!r} has {ds.shape[0]} rows, {main!r} has {n}")
+        _check_finite(path, f[main], main)
+        if kind == "particles":
+            if f[main].ndim != 3:
+                raise DataError(f"{path}: positions must be [N, n_atoms, dim], got {f[main].shape}")
+            if "atomic_numbers" not in f or f["atomic_numbers"].shape != (f[main].shape[1],):
+                raise DataError(f"{path}: atomic_numbers must be [n_atoms={f[main].shape[1]}]")
+        if kind == "lattice" and "actions" not in f:
+            raise DataError(f"{path}: lattice files require 'actions'")
+        if "splits" in f:
+            _check_splits(path, f["splits"], n)
+    return attrs
+
+
+PER_FRAME = {"positions", "fields", "x", "energies", "forces", "actions", "log_q", "log_weights",
+             "cell"}
+
+
+def _check_finite(path: Path, ds: h5py.Dataset, name: str, rows: int = 65536) -> None:
+    for start in range(0, ds.shape[0], rows):
+        block = ds[start:start + rows]
+        bad = ~np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+        if bad.any():
+            frame = start + int(np.argmax(bad))
+            raise DataError(f"{path}: {name!r} has NaN/Inf values (first at frame {frame})")
+
+
+def _check_splits(path: Path, g: h5py.Group, n: int) -> None:
+    seen = np.zeros(n, dtype=bool)
+    for k in ("train", "val", "test"):
+        if k not in g:
+            raise DataError(f"{path}: splits/{k} is missing")
+        idx = g[k][()]
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise DataError(f"{path}: splits/{k} indexes outside [0, {n})")
+        if seen[idx].any():
+            raise DataError(f"{path}: splits overlap (in splits/{k})")
+        seen[idx] = True
+    if not seen.all():
+        raise DataError(f"{path}: splits do not cover all {n} frames")
+
+
+def _py(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    with h5py.File(path, "r") as f:
+        return {k: _py(v) for k, v in f.attrs.items()}
+
+
+def read_array(path: str | os.PathLike, name: str, split: str | None = None) -> np.ndarray:
+    """Read a dataset, optionally restricted to a split's indices."""
+    with h5py.File(path, "r") as f:
+        if name not in f:
+            raise DataError(f"{path}: no dataset {name!r}")
+        if split is None:
+            return f[name][()]
+        if f"splits/{split}" not in f:
+            raise DataError(f"{path}: no split {split!r}")
+        return f[name][()][f[f"splits/{split}"][()]]

@@ -1,0 +1,13 @@
+"""Errors that users see: each names the file, key or frame at fault."""
+
+
+class FlowsciError(Exception):
+    """Base class for errors caused by user input (config, data files)."""
+
+
+class ConfigError(FlowsciError):
+    """The configuration violates the schema or is internally inconsistent."""
+
+
+class DataError(FlowsciError):
+    """An input or intermediate data file is missing, malformed or inconsistent."""
