@@ -209,3 +209,42 @@ def read_array(path: str | os.PathLike, name: str, split: str | None = None) -> 
         if f"splits/{split}" not in f:
             raise DataError(f"{path}: no split {split!r}")
         return f[name][()][f[f"splits/{split}"][()]]
+
+
+class ChunkedWriter:
+    """Append row blocks to resizable, chunked, gzip-compressed datasets of an open file.
+
+    Memory stays bounded by one block: use for inputs too large to hold whole (>= 1e6 frames).
+    `append(name, block)` with block [k, ...]; the first block fixes the trailing shape/dtype.
+    """
+
+    def __init__(self, f: h5py.File, chunk_rows: int = 4096, compression: str | None = "gzip"):
+        self.f = f
+        self.chunk_rows = max(int(chunk_rows), 1)
+        self.compression = compression
+        self.rows: dict[str, int] = {}
+
+    def append(self, name: str, block: np.ndarray) -> None:
+        block = np.asarray(block)
+        if name not in self.f:
+            row = block.shape[1:]
+            rows_per_chunk = max(1, min(self.chunk_rows, (1 << 20) // max(1, block[0].nbytes)))
+            self.f.create_dataset(name, shape=(0, *row), maxshape=(None, *row),
+                                  dtype=block.dtype, chunks=(rows_per_chunk, *row),
+                                  compression=self.compression)
+            self.rows[name] = 0
+        ds = self.f[name]
+        if block.shape[1:] != ds.shape[1:]:
+            raise DataError(f"{self.f.filename}: block for {name!r} has row shape "
+                            f"{block.shape[1:]}, expected {ds.shape[1:]}")
+        n0 = self.rows[name]
+        ds.resize(n0 + len(block), axis=0)
+        ds[n0:n0 + len(block)] = block
+        self.rows[name] = n0 + len(block)
+
+
+def h5_attr_value(v: Any) -> Any:
+    """A value h5py can store as an attribute: scalars and strings as is, the rest as JSON."""
+    if isinstance(v, (bool, int, float, str, np.generic)):
+        return v
+    return json.dumps(v, sort_keys=True, default=str)

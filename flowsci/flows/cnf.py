@@ -54,13 +54,15 @@ class AugmentedDynamics(nn.Module):
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         x, _ = state
         self.nfe += 1
+        # The adjoint's forward pass runs without grad: no graph through the divergence needed.
+        create_graph = self.create_graph and torch.is_grad_enabled()
         with torch.enable_grad():
             if not x.requires_grad:
                 x = x.requires_grad_(True)
             f = self.field(t, x)
-            div = DIVERGENCES.get(self.divergence)(f, x, create_graph=self.create_graph,
+            div = DIVERGENCES.get(self.divergence)(f, x, create_graph=create_graph,
                                                    probe=self.probe)
-        if not self.create_graph:
+        if not create_graph:
             f, div = f.detach(), div.detach()
         return f, -div
 

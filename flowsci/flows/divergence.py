@@ -28,7 +28,7 @@ def exact_divergence(f: torch.Tensor, x: torch.Tensor, create_graph: bool = Fals
     try:
         basis = eye.unsqueeze(1).expand(D, B, D).reshape(D, *f.shape)
         (jac_rows,) = torch.autograd.grad(f, x, basis, create_graph=create_graph,
-                                          is_grads_batched=True)
+                                          retain_graph=True, is_grads_batched=True)
         # jac_rows[k, b] = e_k^T J_b ; the trace takes the k-th component of row k.
         return torch.einsum("kbk->b", jac_rows.reshape(D, B, D))
     except RuntimeError:

@@ -18,6 +18,14 @@ def remove_mean(x: torch.Tensor) -> torch.Tensor:
     return x - x.mean(dim=-2, keepdim=True)
 
 
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None,
+           ref: torch.Tensor) -> torch.Tensor:
+    """Normal draws from `generator` (on its own device, so a CPU generator gives the same
+    numbers whatever the model's device), returned on ref's device and dtype."""
+    dev = generator.device if generator is not None else ref.device
+    return torch.randn(shape, generator=generator, device=dev, dtype=ref.dtype).to(ref.device)
+
+
 class Prior(nn.Module):
     event_shape: tuple[int, ...]
 
@@ -43,9 +51,7 @@ class MeanFreeGaussian(Prior):
         self.register_buffer("_ref", torch.zeros(()), persistent=False)  # tracks device/dtype
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        z = torch.randn((n, *self.event_shape), generator=generator, device=self._ref.device,
-                        dtype=self._ref.dtype)
-        return remove_mean(z) * self.scale
+        return remove_mean(_randn((n, *self.event_shape), generator, self._ref)) * self.scale
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         x = remove_mean(x)
@@ -65,8 +71,7 @@ class StandardGaussian(Prior):
         self.register_buffer("_ref", torch.zeros(()), persistent=False)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.scale * torch.randn((n, *self.event_shape), generator=generator,
-                                        device=self._ref.device, dtype=self._ref.dtype)
+        return self.scale * _randn((n, *self.event_shape), generator, self._ref)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         sq = (x * x).flatten(1).sum(-1)

@@ -4,7 +4,7 @@ Importing this package registers every built-in target; modules needing optional
 (openmm) import them lazily, inside the target's constructor.
 """
 
-from . import double_well  # noqa: F401  (registers 'dw4')
-from .base import TARGETS, ParticleTarget, Symmetry, Target, build_target, pair_distances
+from . import ase_calculator, double_well, lennard_jones, openmm_system, phi4  # noqa: F401
+from .base import TARGETS, LatticeTarget, ParticleTarget, Symmetry, Target, build_target, pair_distances
 
-__all__ = ["TARGETS", "ParticleTarget", "Symmetry", "Target", "build_target", "pair_distances"]
+__all__ = ["TARGETS", "LatticeTarget", "ParticleTarget", "Symmetry", "Target", "build_target", "pair_distances"]

@@ -86,6 +86,25 @@ class ParticleTarget(Target):
         return [0] * self.n_particles
 
 
+@dataclass
+class LatticeTarget(Target):
+    """A scalar field on a periodic lattice; event_shape = shape (e.g. (L, L))."""
+
+    shape: tuple[int, ...] = (8, 8)
+
+    def __post_init__(self) -> None:
+        self.kind = "lattice"
+        self.shape = tuple(int(s) for s in self.shape)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    @property
+    def symmetry(self) -> Symmetry:
+        return Symmetry(translations=True, z2=False)
+
+
 TARGETS: Registry[Target] = Registry("target")
 
 

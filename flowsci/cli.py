@@ -1,0 +1,117 @@
+"""`flowsci <stage>`: the five stages as commands, each calling the stage function of the
+same name in flowsci.stages with the same options."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from .config import load_config
+from .errors import FlowsciError
+
+log = logging.getLogger("flowsci")
+
+
+def _preprocess(cfg: dict, a: argparse.Namespace) -> None:
+    from .stages.preprocess import preprocess
+
+    for system in a.system or list(cfg["systems"]):
+        print(preprocess(cfg, system, out=a.out, force=a.force, progress=not a.quiet))
+
+
+def _train(cfg: dict, a: argparse.Namespace) -> None:
+    from .stages.train import train
+
+    for run in a.run or list(cfg["runs"]):
+        path = train(cfg, run, progress=not a.quiet, device=a.device, stop_after=a.stop_after)
+        print(path if path else f"{run}: stopped at step {a.stop_after}; run again to resume")
+
+
+def _sample(cfg: dict, a: argparse.Namespace) -> None:
+    from .stages.sample import gather, sample
+
+    for run in a.run or list(cfg["runs"]):
+        if a.gather:
+            print(gather(cfg, run))
+            continue
+        n_shards = cfg["runs"][run]["sampling"]["n_shards"]
+        shards = [a.shard] if a.shard is not None else range(n_shards)
+        for i in shards:
+            print(sample(cfg, run, shard=i, progress=not a.quiet, device=a.device))
+        if a.shard is None:
+            print(gather(cfg, run))
+
+
+def _reweight(cfg: dict, a: argparse.Namespace) -> None:
+    from .stages.reweight import reweight
+
+    for run in a.run or list(cfg["runs"]):
+        print(reweight(cfg, run))
+
+
+def _report(cfg: dict, a: argparse.Namespace) -> None:
+    from .stages.report import report
+
+    for path in report(cfg, runs=a.run, out_dir=a.out, figures=not a.summary_only,
+                       summary=not a.no_summary):
+        print(path)
+
+
+STAGES: dict[str, tuple[Callable, str]] = {
+    "preprocess": (_preprocess, "raw input or generator -> validated results/{system}/data.h5"),
+    "train": (_train, "train the run's flow (resumes from checkpoints)"),
+    "sample": (_sample, "sample with exact log q into shards, then gather"),
+    "reweight": (_reweight, "importance weights, ESS, observables with error bars"),
+    "report": (_report, "figures, tables and summary.csv"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flowsci", description=__doc__)
+    sub = p.add_subparsers(dest="stage", required=True)
+    for name, (_, help_) in STAGES.items():
+        s = sub.add_parser(name, help=help_, description=help_)
+        s.add_argument("--config", "-c", default="config/config.yaml", help="YAML config file")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. runs.egnn_mle.training.steps=10")
+        s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        s.add_argument("--verbose", "-v", action="store_true")
+        if name == "preprocess":
+            s.add_argument("--system", action="append", help="system name (default: all)")
+            s.add_argument("--out", help="output path (default results/{system}/data.h5)")
+            s.add_argument("--force", action="store_true",
+                           help="overwrite an existing file holding a different dataset")
+        else:
+            s.add_argument("--run", action="append", help="run name (default: all runs)")
+        if name in ("train", "sample"):
+            s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+        if name == "train":
+            s.add_argument("--stop-after", type=int, default=None,
+                           help="stop after this global step (continue later from checkpoint)")
+        if name == "sample":
+            s.add_argument("--shard", type=int, default=None, help="only this shard")
+            s.add_argument("--gather", action="store_true", help="only gather existing shards")
+        if name == "report":
+            s.add_argument("--out", help="directory for summary.csv (default results_dir)")
+            s.add_argument("--no-summary", action="store_true", help="only per-run outputs")
+            s.add_argument("--summary-only", action="store_true", help="only summary.csv")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.set)
+        STAGES[args.stage][0](cfg, args)
+    except FlowsciError as e:
+        print(f"flowsci {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

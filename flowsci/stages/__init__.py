@@ -1,0 +1,1 @@
+"""Stage functions: one per `flowsci <stage>` command, with the same options."""

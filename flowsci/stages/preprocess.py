@@ -1,0 +1,202 @@
+"""preprocess stage: raw input or a generator -> validated results/{system}/data.h5.
+
+data.source 'generate': a registered generator (GENERATORS) samples the target; generators with
+a `checkpoint` parameter checkpoint their chains next to the output and resume after a crash.
+data.source 'file': molecular trajectories (any ASE format, flowsci.data.molecular) or lattice
+fields (.npy/.npz/HDF5, flowsci.data.lattice), streamed and written in compressed chunks.
+The output is written to a temporary file, validated, then renamed: a failure leaves any
+existing file untouched. An existing output holding a different dataset (other config or
+input) is refused unless force=True; one holding the same dataset is kept as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import paths
+from ..data import lattice, molecular
+from ..data.generate import GENERATORS
+from ..data.hdf5 import (ChunkedWriter, atomic_output, h5_attr_value, make_splits, provenance,
+                         sha256_of, validate_h5)
+from ..errors import ConfigError, DataError
+from ..systems import build_target
+
+
+def preprocess(config: dict, system: str, out: str | None = None, force: bool = False,
+               progress: bool = True) -> Path:
+    """Write the system's dataset per the HDF5 schema; returns the output path."""
+    if system not in config["systems"]:
+        raise DataError(f"system {system!r} is not in the config ({', '.join(config['systems'])})")
+    spec = config["systems"][system]
+    out = Path(out) if out else paths.data_file(config, system)
+    data = spec["data"]
+    source_sha = None
+    if data["source"] == "file":
+        in_path = Path(data["input"]["path"])
+        if not in_path.is_file():
+            raise DataError(f"{in_path}: input file does not exist (systems.{system}.data.input"
+                            ".path)")
+        source_sha = sha256_of(in_path, chunk=1 << 16)
+    fingerprint = _fingerprint(system, spec, source_sha)
+    if out.exists() and not _may_write(out, fingerprint, force):
+        return out
+    target = build_target(spec["target"])
+    _check_temperature(system, spec, target)
+    with atomic_output(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            if data["source"] == "generate":
+                n, units, source = _write_generated(f, spec, target, out, progress)
+            elif data["source"] == "file":
+                n, units, source = _write_file(f, spec, target, source_sha, progress)
+            else:
+                raise DataError(f"systems.{system}.data.source {data['source']!r} is not supported")
+            attrs = provenance(target.kind, system, units=json.dumps(units, sort_keys=True),
+                               temperature=spec.get("temperature"), source=source, config=spec)
+            attrs["fingerprint"] = fingerprint
+            attrs.update({f"target.{k}": h5_attr_value(v) for k, v in target.attrs().items()})
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            sp = data["splits"]
+            for k, idx in make_splits(n, sp, sp["method"], sp["seed"]).items():
+                f.create_dataset(f"splits/{k}", data=idx)
+        validate_h5(tmp)
+    if data["source"] == "generate":
+        _checkpoint_path(out).unlink(missing_ok=True)
+    return out
+
+
+def _fingerprint(system: str, spec: dict, source_sha: str | None) -> str:
+    """What makes two datasets the same: system name, its config entry, the input's sha256."""
+    text = json.dumps({"system": system, "spec": spec, "input_sha256": source_sha},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _may_write(out: Path, fingerprint: str, force: bool) -> bool:
+    """False: `out` already holds this dataset. Raises if it holds another one and not force."""
+    if force:
+        return True
+    try:
+        with h5py.File(out, "r") as f:
+            old = f.attrs.get("fingerprint")
+            what = (f"system {f.attrs.get('system')!r}, created {f.attrs.get('created')}"
+                    if "system" in f.attrs else "not a flowsci dataset")
+    except OSError:
+        old, what = None, "not an HDF5 file"
+    if isinstance(old, bytes):
+        old = old.decode()
+    if old == fingerprint:
+        try:
+            validate_h5(out)
+            return False
+        except DataError:
+            pass
+    raise DataError(f"{out}: already holds a different dataset ({what}); it was left untouched. "
+                    "Rerun with --force to overwrite it, or choose another output path.")
+
+
+def _check_temperature(system: str, spec: dict, target) -> None:
+    t = getattr(target, "temperature", None)
+    if t is not None and not np.isclose(float(t), float(spec.get("temperature", t))):
+        raise ConfigError(f"systems.{system}.temperature = {spec.get('temperature')} but the "
+                          f"target {target.name} reduces energies at temperature = {t} K; "
+                          "set both to the same value")
+
+
+def _checkpoint_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.generator-checkpoint")
+
+
+def _write_generated(f: h5py.File, spec: dict, target, out: Path,
+                     progress: bool) -> tuple[int, dict, dict]:
+    gen_spec = spec["data"]["generator"]
+    params = dict(gen_spec.get("params", {}))
+    factory = GENERATORS.get(gen_spec["name"])
+    context: dict[str, Any] = {"target": target}
+    if "checkpoint" in inspect.signature(factory).parameters and "checkpoint" not in params:
+        context["checkpoint"] = str(_checkpoint_path(out))
+    generated = GENERATORS.build(gen_spec["name"], params, **context)(progress=progress)
+    arrays = dict(generated.arrays)
+    main = "positions" if target.kind == "particles" else "fields"
+    if main not in arrays:
+        raise DataError(f"generator {gen_spec['name']!r} returned no {main!r}")
+    if target.kind == "particles":
+        arrays[main] = arrays[main] - arrays[main].mean(axis=-2, keepdims=True)
+    bad = ~np.isfinite(arrays[main].reshape(len(arrays[main]), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"generator {gen_spec['name']!r} produced non-finite {main} "
+                        f"(first at frame {int(np.argmax(bad))})")
+    w = ChunkedWriter(f)
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        if name in ("atomic_numbers", "pbc"):
+            f.create_dataset(name, data=arr)
+        else:
+            w.append(name, arr)
+    units = ({"length": generated.units, "energy": "kT"} if target.kind == "particles"
+             else {"field": "dimensionless", "action": "dimensionless (= reduced energy)"})
+    return len(arrays[main]), units, {"generator": gen_spec["name"], "params": params,
+                                      **generated.info}
+
+
+def _write_file(f: h5py.File, spec: dict, target, source_sha: str,
+                progress: bool) -> tuple[int, dict, dict]:
+    inp = spec["data"]["input"]
+    path = Path(inp["path"])
+    bar = tqdm(desc=f"read {path.name}", unit="frame", disable=not progress, mininterval=1.0)
+    sel = {"start": inp.get("start", 0), "stop": inp.get("stop"), "stride": inp.get("stride", 1)}
+    chunk = inp.get("chunk_frames", 4096)
+    w = ChunkedWriter(f, chunk_rows=chunk)
+    source = {"path": str(path), "sha256": source_sha, **sel}
+    if target.kind == "lattice":
+        info: dict[str, Any] = {}
+        unknown = set(inp.get("params", {})) - {"fields_key", "actions_key", "action_rtol"}
+        if unknown:
+            raise ConfigError(f"data.input.params: unknown lattice reader option(s) "
+                              f"{sorted(unknown)}; accepted: fields_key, actions_key, action_rtol")
+        for block in lattice.stream_fields(path, target, fmt=inp.get("format"), chunk_frames=chunk,
+                                           info=info, **sel, **inp.get("params", {})):
+            for k, v in block.items():
+                w.append(k, v)
+            bar.update(len(block["fields"]))
+        bar.close()
+        source.update(info)
+        return info["n_frames"], {"field": "dimensionless", "action": "dimensionless"}, source
+    meta = molecular.MolecularMeta(str(path), molecular.detect_format(path, inp.get("format")))
+    n_expected = target.n_particles
+    for block in molecular.stream_frames(
+            path, meta, length_unit=getattr(target, "length_unit", "reduced"),
+            temperature=spec.get("temperature"), units=inp.get("units"), **sel,
+            remove_com=inp.get("remove_com", True), chunk_frames=chunk,
+            read_kwargs=inp.get("params")):
+        if block["positions"].shape[1:] != (n_expected, target.dim):
+            raise DataError(f"{path}: frames have {block['positions'].shape[1]} atoms in "
+                            f"{block['positions'].shape[2]}D, target {target.name} has "
+                            f"{n_expected} in {target.dim}D")
+        for k, v in block.items():
+            w.append(k, v)
+        bar.update(len(block["positions"]))
+    bar.close()
+    _check_elements(path, meta.atomic_numbers, target)
+    f.create_dataset("atomic_numbers", data=meta.atomic_numbers)
+    if meta.pbc is not None and meta.pbc.any():
+        f.create_dataset("pbc", data=meta.pbc)
+    source.update(format=meta.format, n_frames=meta.n_frames, energies=bool(meta.has_energy),
+                  forces=bool(meta.has_forces), remove_com=inp.get("remove_com", True))
+    return meta.n_frames, meta.units, source
+
+
+def _check_elements(path: Path, numbers: np.ndarray, target) -> None:
+    expected = np.asarray(getattr(target, "atomic_numbers", [0] * len(numbers)))
+    if np.any(expected != 0) and not np.array_equal(expected, numbers):
+        i = int(np.argmax(expected != numbers))
+        raise DataError(f"{path}: atom {i} is element {numbers[i]}, target {target.name} "
+                        f"expects {expected[i]} (same atoms in the same order needed)")

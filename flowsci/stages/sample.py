@@ -1,0 +1,123 @@
+"""sample stage: model.pt -> samples/shard-{i}.h5 (exact log q), and the gather step -> samples.h5.
+
+Shards are independent jobs with seeds derived from the shard index; a shard whose file
+exists and matches the current model is never redone (resumable), and each shard is written
+atomically, so a shard killed half-way leaves nothing and is redone cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from .. import paths
+from ..data.hdf5 import provenance, read_attrs, sha256_of, validate_h5, write_h5
+from ..device import resolve_device, resolve_dtype
+from ..errors import DataError
+from ..flows.build import build_flow
+from ..sampling import sample_exact
+from ..systems import build_target
+from ..training.checkpoint import load_model_file
+
+log = logging.getLogger(__name__)
+PER_SAMPLE = ("x", "log_q", "energies", "log_weights")
+
+
+def shard_sizes(n: int, n_shards: int) -> list[int]:
+    return [n // n_shards + (1 if i < n % n_shards else 0) for i in range(n_shards)]
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """Independent, reproducible seed per shard (SeedSequence spawning)."""
+    return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0])
+
+
+def load_trained_flow(config: dict, run: str, device: torch.device, dtype: torch.dtype,
+                      use_ema: bool = True):
+    spec = config["runs"][run]
+    target = build_target(config["systems"][spec["system"]]["target"])
+    path = paths.model_file(config, run)
+    payload = load_model_file(path)
+    flow = build_flow(spec, target)
+    flow.load_state_dict(payload["state_dict" if use_ema else "raw_state_dict"])
+    return flow.to(device, dtype).eval(), target, payload, sha256_of(path)
+
+
+def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
+           device: str | None = None) -> Path:
+    """Write shard `shard` of the run's samples (skipped if already done for this model)."""
+    spec = config["runs"][run]
+    sp = spec["sampling"]
+    if not 0 <= shard < sp["n_shards"]:
+        raise DataError(f"shard {shard} out of range: runs.{run}.sampling.n_shards = "
+                        f"{sp['n_shards']}")
+    out = paths.shard_file(config, run, shard)
+    model_sha = sha256_of(paths.model_file(config, run))
+    if out.exists() and _is_done(out, model_sha, sp):
+        log.info("%s already holds this model's samples; skipping", out)
+        return out
+    dev = resolve_device(device or config["device"])
+    flow, target, payload, model_sha = load_trained_flow(
+        config, run, dev, resolve_dtype(sp["dtype"]), sp["use_ema"])
+    n = shard_sizes(sp["n_samples"], sp["n_shards"])[shard]
+    seed = shard_seed(sp["seed"], shard)
+    gen = torch.Generator().manual_seed(seed)
+    res = sample_exact(flow, target, n, sp["batch_size"], gen, progress=progress,
+                       desc=f"sample {run} shard {shard}")
+    x = res["x"].double().numpy()
+    log_q = res["log_q"].double().numpy()
+    u = res["energies"].double().numpy()
+    attrs = provenance("samples", spec["system"], units="reduced", temperature=None,
+                       source={"model": str(paths.model_file(config, run)), "sha256": model_sha},
+                       config=spec)
+    attrs.update(run=run, model_sha256=model_sha, n_requested=n, n_failed=res["n_failed"],
+                 seed=seed, shard=shard, solver=json.dumps(spec["flow"], sort_keys=True),
+                 sampling=json.dumps(sp, sort_keys=True),
+                 test_nll=float(payload.get("test_nll", float("nan"))),
+                 train_seconds=float(payload.get("train_seconds", float("nan"))),
+                 train_steps=int(payload.get("step", 0)), device=str(dev))
+    arrays = {"x": x, "log_q": log_q, "energies": u, "log_weights": -u - log_q}
+    if len(x) == 0:
+        raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")
+    write_h5(out, arrays, attrs)
+    return out
+
+
+def _is_done(path: Path, model_sha: str, sp: dict) -> bool:
+    try:
+        a = read_attrs(path)
+    except OSError:
+        return False
+    return a.get("model_sha256") == model_sha and a.get("sampling") == json.dumps(sp, sort_keys=True)
+
+
+def gather(config: dict, run: str) -> Path:
+    """Concatenate the run's shards into samples.h5 (all shards must come from one model)."""
+    sp = config["runs"][run]["sampling"]
+    shards = [paths.shard_file(config, run, i) for i in range(sp["n_shards"])]
+    missing = [str(p) for p in shards if not p.exists()]
+    if missing:
+        raise DataError(f"missing sample shard(s): {', '.join(missing)}")
+    arrays: dict[str, list[np.ndarray]] = {k: [] for k in PER_SAMPLE}
+    shas, n_req, n_failed = set(), 0, 0
+    for p in shards:
+        a = validate_h5(p)
+        shas.add(a["model_sha256"])
+        n_req += int(a["n_requested"])
+        n_failed += int(a["n_failed"])
+        with h5py.File(p, "r") as f:
+            for k in PER_SAMPLE:
+                arrays[k].append(f[k][()])
+    if len(shas) != 1:
+        raise DataError(f"shards of run {run!r} come from different models: {sorted(shas)}")
+    attrs = read_attrs(shards[0])
+    attrs.update(n_requested=n_req, n_failed=n_failed, shard=-1, n_shards=len(shards))
+    out = paths.samples_file(config, run)
+    write_h5(out, {k: np.concatenate(v) for k, v in arrays.items()}, attrs)
+    validate_h5(out)
+    return out

@@ -1,0 +1,69 @@
+"""train stage: data.h5 -> results/{system}/{run}/model.pt (+ checkpoints/, train_log.csv)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .. import paths
+from ..data.hdf5 import read_array, validate_h5
+from ..device import resolve_device, resolve_dtype
+from ..flows.build import build_flow, solver_from
+from ..systems import build_target
+from ..training import OBJECTIVES, TrainSettings, train_flow
+from ..training.checkpoint import save_model
+from ..training.loop import validation_nll
+
+log = logging.getLogger(__name__)
+
+
+def load_split(config: dict, system: str, split: str) -> torch.Tensor:
+    """A split of the system's data as a float64 tensor [N, *event]."""
+    path = paths.data_file(config, system)
+    attrs = validate_h5(path)
+    main = "positions" if attrs["kind"] == "particles" else "fields"
+    return torch.as_tensor(read_array(path, main, split), dtype=torch.float64)
+
+
+def train(config: dict, run: str, progress: bool = True, device: str | None = None,
+          stop_after: int | None = None) -> Path | None:
+    """Train the run's flow; resumes from its checkpoints. Returns model.pt, or None when
+    `stop_after` ended the run early (call again to continue)."""
+    spec = config["runs"][run]
+    system = spec["system"]
+    target = build_target(config["systems"][system]["target"])
+    tr = spec["training"]
+    dev = resolve_device(device or config["device"])
+    dtype = resolve_dtype(tr["dtype"])
+    torch.manual_seed(tr["seed"])
+    flow = build_flow(spec, target).to(dev, dtype)
+    objective = OBJECTIVES.build(tr["objective"]["name"], tr["objective"].get("params", {}),
+                                 target=target, solver=solver_from(tr["solver"]))
+    train_x = load_split(config, system, "train").to(dev, dtype)
+    val_x = load_split(config, system, "val").to(dev, dtype)
+    out_dir = paths.run_dir(config, run)
+    settings = TrainSettings.from_config(tr)
+    log.info("training %s on %s (%s, %s): %d train / %d val samples", run, system, dev, dtype,
+             len(train_x), len(val_x))
+    result = train_flow(flow, objective, train_x, settings, val_x=val_x, out_dir=out_dir,
+                        progress=progress, stop_after=stop_after)
+    if not result["finished"]:
+        return None
+    test_x = load_split(config, system, "test").to(dev, dtype)[:1000]
+    raw_state = {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()}
+    flow.load_state_dict({**flow.state_dict(), **result["ema"]})
+    test_nll = validation_nll(flow, test_x)
+    payload = {
+        "state_dict": {k: v.cpu() for k, v in flow.state_dict().items()},  # EMA weights
+        "raw_state_dict": raw_state,
+        "run": run, "system": system, "config": json.dumps(spec, sort_keys=True),
+        "step": result["step"], "train_seconds": result["elapsed"], "test_nll": test_nll,
+        "dtype": tr["dtype"],
+    }
+    path = paths.model_file(config, run)
+    save_model(path, payload)
+    log.info("saved %s (test NLL %.4f, %.1f s)", path, test_nll, result["elapsed"])
+    return path

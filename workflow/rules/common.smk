@@ -1,0 +1,47 @@
+# Shared helpers: config validation (same schema as the CLI), paths and the CLI prefix.
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir)))  # the repo's flowsci, even if not installed
+
+from flowsci.config import dump_config, validate_config
+
+config = validate_config(config, source="snakemake config")
+RESULTS = config["results_dir"]
+RUNS = list(config["runs"])
+SYSTEMS = list(config["systems"])
+# The CLI reads the exact (validated, overridden) config that Snakemake uses.
+CONFIG_FILE = f"{RESULTS}/.flowsci/config.yaml"
+dump_config(config, CONFIG_FILE)
+
+wildcard_constraints:
+    system="|".join(SYSTEMS),
+    run="|".join(RUNS),
+
+
+def system_of(run):
+    return config["runs"][run]["system"]
+
+
+def run_dir(run):
+    return f"{RESULTS}/{system_of(run)}/{run}"
+
+
+def flowsci_cmd(stage):
+    """Shell prefix calling a stage with the validated config (no progress bars in logs)."""
+    return f"flowsci {stage} --config {CONFIG_FILE} --quiet"
+
+
+def section(*keys):
+    """A config section as JSON, used as a param so that editing it re-runs the rule."""
+    def get(wildcards):
+        node = config
+        for k in keys:
+            node = node[k.format(**wildcards)]
+        return json.dumps(node, sort_keys=True)
+    return get
+
+
+def n_shards(run):
+    return config["runs"][run]["sampling"]["n_shards"]
