@@ -22,14 +22,16 @@ def _solve(flow, z: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor, t
 
 def sample_exact(flow, target, n: int, batch_size: int, generator: torch.Generator,
                  progress: bool = True, desc: str = "sample") -> dict:
-    """Draw n samples; returns {'x', 'log_q', 'energies'} (finite rows only) and 'n_failed'."""
+    """Draw n samples; returns {'x', 'log_q', 'energies'} (finite rows only), 'n_failed' and
+    'nfe' (mean function evaluations per batch solve)."""
     xs, lqs, us = [], [], []
-    failed = 0
+    failed, solves, nfe0 = 0, 0, getattr(flow, "nfe", 0)
     bar = tqdm(total=n, desc=desc, unit="samples", disable=not progress, mininterval=1.0)
     done = 0
     while done < n:
         m = min(batch_size, n - done)
         z = flow.prior.sample(m, generator=generator)
+        solves += 1
         for x, lq, u, n_bad in _robust(flow, target, z):
             xs.append(x), lqs.append(lq), us.append(u)
             failed += n_bad
@@ -39,7 +41,8 @@ def sample_exact(flow, target, n: int, batch_size: int, generator: torch.Generat
     if failed:
         log.warning("%d of %d samples failed (ODE solve error or non-finite values)", failed, n)
     cat = (lambda v: torch.cat(v) if v else torch.empty(0))
-    return {"x": cat(xs), "log_q": cat(lqs), "energies": cat(us), "n_failed": failed}
+    nfe = (getattr(flow, "nfe", 0) - nfe0) / max(solves, 1)
+    return {"x": cat(xs), "log_q": cat(lqs), "energies": cat(us), "n_failed": failed, "nfe": nfe}
 
 
 def _robust(flow, target, z: torch.Tensor):

@@ -118,8 +118,8 @@ def test_pairwise_align_matches_single_alignments():
 def test_ot_pairing_is_a_permutation_and_lowers_cost():
     g = torch.Generator().manual_seed(15)
     x0 = torch.randn(128, 2, generator=g, dtype=torch.float64)
-    x1 = torch.randn(128, 2, generator=g, dtype=torch.float64) * 0.5 + torch.tensor([3.0, 0.0],
-                                                                                     dtype=torch.float64)
+    shift = torch.tensor([3.0, 0.0], dtype=torch.float64)
+    x1 = torch.randn(128, 2, generator=g, dtype=torch.float64) * 0.5 + shift
     perm = ot_assignment(squared_cost(x0, x1))
     assert sorted(perm.tolist()) == list(range(128))
     independent = ((x0 - x1) ** 2).sum(-1).mean()

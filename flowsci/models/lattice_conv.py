@@ -141,6 +141,11 @@ class LatticeConvField(nn.Module):
             return 0.5 * (g[:B] - g[B:])
         return self._conv_net(t, x)
 
+    @property
+    def analytic_divergence(self) -> bool:
+        """True when `divergence` is exact and cheap (the CNF then uses it for 'exact')."""
+        return self.arch == "gerdes"
+
     def divergence(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Exact divergence of the gerdes field in O(V): sum_x sum_a W_a(0) w_a cos(w_a phi_x).
 

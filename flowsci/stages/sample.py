@@ -80,7 +80,7 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
                  sampling=json.dumps(sp, sort_keys=True),
                  test_nll=float(payload.get("test_nll", float("nan"))),
                  train_seconds=float(payload.get("train_seconds", float("nan"))),
-                 train_steps=int(payload.get("step", 0)), device=str(dev))
+                 train_steps=int(payload.get("step", 0)), device=str(dev), nfe=res["nfe"])
     arrays = {"x": x, "log_q": log_q, "energies": u, "log_weights": -u - log_q}
     if len(x) == 0:
         raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")

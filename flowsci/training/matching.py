@@ -111,8 +111,9 @@ class EquivariantOTFlowMatching(FlowMatching):
     For every pair (x0[i], x1[j]) x0[i] is aligned to x1[j] by permutations of identical
     particles (groups from target.symmetry.permutations) and a rotation (proper unless
     reflections=True), alternated n_iter times from the starting rotations `starts`
-    ('identity' as in the paper, 'kabsch' or 'inertia'; see flows.symmetry.align); OT on the aligned squared distances picks the
-    pairs and training uses the aligned x0. Cost: B^2 * n_iter Hungarian solves per step.
+    ('identity' as in the paper, 'kabsch' or 'inertia'; see flows.symmetry.align). OT on the
+    aligned squared distances picks the pairs and training uses the aligned x0.
+    Cost: B^2 * n_iter * (number of starts) Hungarian solves per step.
     """
 
     name = "equivariant_ot_flow_matching"

@@ -45,3 +45,46 @@ def section(*keys):
 
 def n_shards(run):
     return config["runs"][run]["sampling"]["n_shards"]
+
+
+def preprocess_inputs(wildcards):
+    """The user's raw input file, when the system is read from one."""
+    data = config["systems"][wildcards.system]["data"]
+    return [data["input"]["path"]] if data["source"] == "file" else []
+
+
+# ---- report helpers (report.smk)
+REPORT_FIGURES = {  # file stem -> report category (same five figures for every system kind)
+    "energy": "1. Energy",
+    "weights": "2. Importance weights",
+    "training": "3. Training",
+    "observables": "4. Structure",
+    "correlations": "5. Correlations",
+}
+
+
+def _rp_labels(wildcards):
+    spec = config["runs"][wildcards.run]
+    objective = spec.get("training", {}).get("objective", {}).get("name", "likelihood")
+    return {"system": wildcards.system, "run": wildcards.run,
+            "model": spec["model"]["name"], "objective": objective}
+
+
+def _rp_figure(stem):
+    return report(
+        f"{RESULTS}/{{system}}/{{run}}/figures/{stem}.png",
+        caption=f"../report/{stem}.rst",
+        category=REPORT_FIGURES[stem],
+        subcategory="{system}",
+        labels=_rp_labels,
+    )
+
+
+def report_outputs():
+    """Every final output of the report stage (for the Snakefile's `rule all`)."""
+    outs = [f"{RESULTS}/summary.csv"]
+    for r in RUNS:
+        d = f"{RESULTS}/{system_of(r)}/{r}"
+        outs += [f"{d}/figures/{stem}.png" for stem in REPORT_FIGURES]
+        outs += [f"{d}/table.html", f"{d}/table.csv"]
+    return outs

@@ -1,11 +1,6 @@
 # preprocess: raw input or generator -> results/{system}/data.h5
 
 
-def preprocess_inputs(wildcards):
-    data = config["systems"][wildcards.system]["data"]
-    return [data["input"]["path"]] if data["source"] == "file" else []
-
-
 rule preprocess:
     input:
         preprocess_inputs,
@@ -13,6 +8,7 @@ rule preprocess:
         f"{RESULTS}/{{system}}/data.h5",
     params:
         spec=section("systems", "{system}"),
+        cmd=flowsci_cmd("preprocess"),
     log:
         f"{RESULTS}/{{system}}/logs/preprocess.log",
     benchmark:
@@ -20,4 +16,4 @@ rule preprocess:
     conda:
         "../../envs/flowsci.yaml"
     shell:
-        flowsci_cmd("preprocess") + " --system {wildcards.system} --force > {log} 2>&1"
+        "{params.cmd} --system {wildcards.system} --force > {log} 2>&1"

@@ -8,6 +8,7 @@ rule sample_shard:
         f"{RESULTS}/{{system}}/{{run}}/samples/shard-{{shard}}.h5",
     params:
         spec=section("runs", "{run}", "sampling"),
+        cmd=flowsci_cmd("sample"),
     wildcard_constraints:
         shard=r"\d+",
     resources:
@@ -19,8 +20,8 @@ rule sample_shard:
     conda:
         "../../envs/flowsci.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} " + flowsci_cmd("sample")
-        + " --run {wildcards.run} --shard {wildcards.shard} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.cmd} --run {wildcards.run} --shard {wildcards.shard}"
+        " > {log} 2>&1"
 
 
 rule sample_gather:
@@ -36,5 +37,7 @@ rule sample_gather:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/sample-gather.tsv"
     conda:
         "../../envs/flowsci.yaml"
+    params:
+        cmd=flowsci_cmd("sample"),
     shell:
-        flowsci_cmd("sample") + " --run {wildcards.run} --gather > {log} 2>&1"
+        "{params.cmd} --run {wildcards.run} --gather > {log} 2>&1"

@@ -9,7 +9,8 @@ rule train:
         log_csv=f"{RESULTS}/{{system}}/{{run}}/train_log.csv",
     params:
         spec=section("runs", "{run}"),
-    threads: workflow.cores
+        cmd=flowsci_cmd("train"),
+    threads: 4
     resources:
         gpu=1,
     log:
@@ -19,4 +20,4 @@ rule train:
     conda:
         "../../envs/flowsci.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} " + flowsci_cmd("train") + " --run {wildcards.run} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.cmd} --run {wildcards.run} > {log} 2>&1"
