@@ -1,6 +1,6 @@
 """Training objectives (`OBJECTIVES`) and the shared loop (`train_flow`)."""
 
-from . import likelihood  # noqa: F401  (registers 'likelihood')
+from . import likelihood, matching  # noqa: F401  (register the objectives)
 from .loop import TrainSettings, train_flow
 from .objectives import OBJECTIVES
 
