@@ -58,3 +58,24 @@ def test_ema_and_training_lower_the_loss():
     after = -flow.log_prob(x).mean().item()
     assert after < before - 0.5
     assert set(res["ema"]) <= set(flow.state_dict())
+
+
+def test_ema_warmup_tracks_short_runs():
+    from torch import nn
+
+    from flowsci.training.ema import EMA
+
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.0)
+    ema = EMA(m, decay=0.999)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    for _ in range(50):
+        ema.update(m)
+    # without warm-up the average would still be 1 - 0.999^50 = 0.049
+    assert ema.weights()["weight"].item() > 0.9
+    state = ema.state_dict()
+    ema2 = EMA(m, decay=0.999)
+    ema2.load_state_dict(state)
+    assert ema2.updates == 50

@@ -120,7 +120,7 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
             save_checkpoint(ckpt_dir, step, elapsed, flow, opt, sched, ema, gen)
     bar.close()
     log.close()
-    return {"step": step, "elapsed": elapsed, "ema": ema.state_dict(),
+    return {"step": step, "elapsed": elapsed, "ema": ema.weights(),
             "finished": step >= settings.steps}
 
 
