@@ -62,3 +62,10 @@ def test_cli_reports_bad_config_clearly(tmp_path, capsys):
     p.write_text(yaml.safe_dump(_minimal()))
     assert main(["train", "--config", str(p), "--set", "runs.r.model.params={width: 3}"]) == 2
     assert "unknown parameter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config" / "examples").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_example_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg["runs"] and cfg["systems"]

@@ -73,3 +73,7 @@ def test_atomic_output_keeps_old_file_on_error(tmp_path):
             raise RuntimeError("crash")
     assert p.read_text() == "old"
     assert list(tmp_path.iterdir()) == [p]
+    with atomic_output(p) as tmp:
+        tmp.write_text("new")
+    assert p.read_text() == "new"
+    assert p.stat().st_mode & 0o044  # group/other-readable like any file, not mkstemp's 0600
