@@ -130,3 +130,24 @@ def test_regularisers_match_analytic_linear_flow():
                                atol=1e-7, rtol=0)
     # with a linear field the Hutchinson trace is exact for diagonal A and Rademacher probes
     torch.testing.assert_close(logq, cnf.log_prob(x), atol=1e-7, rtol=0)
+
+
+def test_cnf_uses_a_fields_analytic_divergence_and_it_is_exact():
+    from flowsci.flows.cnf import AugmentedDynamics
+    from flowsci.models import build_field
+    from flowsci.systems import LatticeTarget
+
+    field = build_field({"name": "lattice_conv", "params": {"arch": "gerdes"}},
+                        LatticeTarget(shape=(4, 4))).to(D64)
+    with torch.no_grad():  # the default init is near zero: make the divergence non-trivial
+        for p in field.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    assert field.analytic_divergence
+    dyn = AugmentedDynamics(field)
+    x = torch.randn(3, 4, 4, dtype=D64)
+    t = torch.tensor(0.4, dtype=D64)
+    _, neg_div = dyn(t, (x, torch.zeros(3, dtype=D64)))
+    xr = x.clone().requires_grad_(True)
+    reference = exact_divergence(field(t, xr), xr)
+    assert reference.abs().min() > 1e-3
+    torch.testing.assert_close(-neg_div, reference, atol=1e-10, rtol=0)
