@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -26,14 +27,16 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None,
     return torch.randn(shape, generator=generator, device=dev, dtype=ref.dtype).to(ref.device)
 
 
-class Prior(nn.Module):
+class Prior(nn.Module, metaclass=abc.ABCMeta):
+    """Base distribution: sample(n) -> [n, *event_shape]; log_prob(x) -> [B] (nats)."""
+
     event_shape: tuple[int, ...]
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @PRIORS.register("mean_free_gaussian")

@@ -152,7 +152,7 @@ class LatticeConvField(nn.Module):
         x: [B, *shape] -> [B]. Only defined for arch='gerdes'.
         """
         if self.arch != "gerdes":
-            raise NotImplementedError("analytic divergence only for arch='gerdes'")
+            raise ValueError("analytic divergence only for arch='gerdes'; use the CNF's exact trace")
         W0 = self._kernel(t, x)[(slice(None), slice(None)) + (0,) * self.d]  # [B, A]
         om = self.omega.to(x.dtype)
         c = torch.cos(om.reshape(1, -1, *([1] * self.d)) * x.unsqueeze(1)).flatten(2).sum(-1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,7 +29,7 @@ class Symmetry:
 
 
 @dataclass
-class Target:
+class Target(abc.ABC):
     """Base class of all targets. Subclasses implement `energy`.
 
     kind: 'particles' (event_shape = (n_particles, dim)) or 'lattice' (event_shape = shape).
@@ -37,8 +39,8 @@ class Target:
     kind: Literal["particles", "lattice"] = field(init=False, default="particles")
 
     @property
-    def event_shape(self) -> tuple[int, ...]:
-        raise NotImplementedError  # abstract; concrete targets define it
+    @abc.abstractmethod
+    def event_shape(self) -> tuple[int, ...]: ...
 
     @property
     def symmetry(self) -> Symmetry:
@@ -52,8 +54,12 @@ class Target:
         return n
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
-        """Reduced energy u(x) in units of kT. x: [B, *event_shape] -> [B]."""
-        raise NotImplementedError  # abstract
+        """Reduced energy u(x) in units of kT. x: [B, *event_shape] -> [B].
+
+        The base classes only describe a geometry (enough to build and test a vector field);
+        registered targets override this.
+        """
+        raise TypeError(f"{type(self).__name__} describes a geometry only and has no energy")
 
     def attrs(self) -> dict:
         """Parameters recorded in HDF5 attrs for provenance."""
