@@ -52,11 +52,12 @@ def _robust(flow, target, z: torch.Tensor):
     except (RuntimeError, AssertionError, FloatingPointError) as e:  # solver gave up
         if len(z) == 1:
             log.debug("sample failed: %s", e)
-            yield z[:0], z.new_empty(0), z.new_empty(0), 1
+            empty = torch.empty(0, dtype=torch.float64)
+            yield z[:0].cpu(), empty.to(z.dtype), empty, 1
             return
         half = len(z) // 2
         yield from _robust(flow, target, z[:half])
         yield from _robust(flow, target, z[half:])
         return
     ok = torch.isfinite(x.flatten(1)).all(1) & torch.isfinite(lq) & torch.isfinite(u)
-    yield x[ok].cpu(), lq[ok].cpu(), u[ok].cpu(), int((~ok).sum())
+    yield x[ok].cpu(), lq[ok].cpu(), u[ok].cpu(), int((~ok).sum())  # results live on the CPU

@@ -46,7 +46,7 @@ def test_shards_gather_and_exact_log_q(tmp_path):
     np.testing.assert_allclose(arrays["log_weights"], -arrays["energies"] - arrays["log_q"])
     np.testing.assert_allclose(arrays["x"].mean(1), 0, atol=1e-12)  # mean-free samples
     # exact log q: re-evaluate the density of the samples with the same flow (data -> prior)
-    flow, target, _, _ = sample_stage.load_trained_flow(cfg, "r", torch.device("cpu"),
+    flow, target, _ = sample_stage.load_trained_flow(cfg, "r", torch.device("cpu"),
                                                         torch.float64)
     lq = flow.log_prob(torch.as_tensor(arrays["x"][:10]))
     np.testing.assert_allclose(lq.detach().numpy(), arrays["log_q"][:10], atol=1e-3)

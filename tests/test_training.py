@@ -79,3 +79,32 @@ def test_ema_warmup_tracks_short_runs():
     ema2 = EMA(m, decay=0.999)
     ema2.load_state_dict(state)
     assert ema2.updates == 50
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path):
+    import pytest
+
+    from flowsci.errors import DataError
+
+    flow, obj, x = _setup()
+    train_flow(flow, obj, x, TrainSettings(**SETTINGS), out_dir=tmp_path, progress=False,
+               stop_after=2, fingerprint="data-A")
+    flow, obj, _ = _setup()
+    with pytest.raises(DataError, match="other data or training settings"):
+        train_flow(flow, obj, x, TrainSettings(**SETTINGS), out_dir=tmp_path, progress=False,
+                   fingerprint="data-B")
+    res = train_flow(flow, obj, x, TrainSettings(**SETTINGS), out_dir=tmp_path,
+                     progress=False, fingerprint="data-A")
+    assert res["finished"]
+
+
+def test_empty_validation_split_is_skipped():
+    import math
+
+    from flowsci.training.loop import validation_nll
+
+    flow, obj, x = _setup()
+    res = train_flow(flow, obj, x, TrainSettings(**{**SETTINGS, "steps": 3}),
+                     val_x=x[:0], progress=False)
+    assert res["finished"]
+    assert math.isnan(validation_nll(flow, x[:0]))

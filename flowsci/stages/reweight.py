@@ -184,6 +184,8 @@ def _metrics(config: dict, run: str, flow: dict, keep: np.ndarray, lw: np.ndarra
         "top_weights": top_weights(lw, 10).tolist(),
         "log_z": log_mean_weight(lw), "log_z_err": float(np.std(boots, ddof=1)) if n_boot > 1 else None,
         "test_nll": _num(attrs.get("test_nll")), **train,
+        # wall time of the optimisation itself, recorded by the train stage (survives resumes)
+        **({"training_time_s": _num(attrs["train_seconds"])} if "train_seconds" in attrs else {}),
         "sample_nfe": _num(attrs.get("nfe", (solver or {}).get("nfe") if isinstance(solver, dict) else None)),
         "observables": {}, "free_energies": {},
     }

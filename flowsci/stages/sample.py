@@ -45,7 +45,7 @@ def load_trained_flow(config: dict, run: str, device: torch.device, dtype: torch
     payload = load_model_file(path)
     flow = build_flow(spec, target)
     flow.load_state_dict(payload["state_dict" if use_ema else "raw_state_dict"])
-    return flow.to(device, dtype).eval(), target, payload, sha256_of(path)
+    return flow.to(device, dtype).eval(), target, payload
 
 
 def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
@@ -53,6 +53,9 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
     """Write shard `shard` of the run's samples (skipped if already done for this model)."""
     spec = config["runs"][run]
     sp = spec["sampling"]
+    if sp["n_samples"] < sp["n_shards"]:
+        raise DataError(f"runs.{run}.sampling: n_samples ({sp['n_samples']}) < n_shards "
+                        f"({sp['n_shards']})")
     if not 0 <= shard < sp["n_shards"]:
         raise DataError(f"shard {shard} out of range: runs.{run}.sampling.n_shards = "
                         f"{sp['n_shards']}")
@@ -62,13 +65,15 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
         log.info("%s already holds this model's samples; skipping", out)
         return out
     dev = resolve_device(device or config["device"])
-    flow, target, payload, model_sha = load_trained_flow(
+    flow, target, payload = load_trained_flow(
         config, run, dev, resolve_dtype(sp["dtype"]), sp["use_ema"])
     n = shard_sizes(sp["n_samples"], sp["n_shards"])[shard]
     seed = shard_seed(sp["seed"], shard)
     gen = torch.Generator().manual_seed(seed)
     res = sample_exact(flow, target, n, sp["batch_size"], gen, progress=progress,
                        desc=f"sample {run} shard {shard}")
+    if len(res["x"]) == 0:
+        raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")
     x = res["x"].double().numpy()
     log_q = res["log_q"].double().numpy()
     u = res["energies"].double().numpy()
@@ -82,8 +87,6 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
                  train_seconds=float(payload.get("train_seconds", float("nan"))),
                  train_steps=int(payload.get("step", 0)), device=str(dev), nfe=res["nfe"])
     arrays = {"x": x, "log_q": log_q, "energies": u, "log_weights": -u - log_q}
-    if len(x) == 0:
-        raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")
     write_h5(out, arrays, attrs)
     return out
 

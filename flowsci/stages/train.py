@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import paths
-from ..data.hdf5 import read_array, validate_h5
+from ..data.hdf5 import read_array, sha256_of, validate_h5
 from ..device import resolve_device, resolve_dtype
 from ..flows.build import build_flow, solver_from
 from ..systems import build_target
@@ -26,6 +27,21 @@ def load_split(config: dict, system: str, split: str) -> torch.Tensor:
     attrs = validate_h5(path)
     main = "positions" if attrs["kind"] == "particles" else "fields"
     return torch.as_tensor(read_array(path, main, split), dtype=torch.float64)
+
+
+# Settings that may change between chunks of one training without invalidating it.
+RESUMABLE_KEYS = ("steps", "val_every", "val_samples", "checkpoint_every")
+
+
+def training_fingerprint(config: dict, run: str) -> str:
+    """Hash of what a checkpoint depends on: the data file and the model/training settings
+    (minus RESUMABLE_KEYS), so a checkpoint is never resumed for other data or settings."""
+    spec = config["runs"][run]
+    training = {k: v for k, v in spec["training"].items() if k not in RESUMABLE_KEYS}
+    key = json.dumps({"model": spec["model"], "prior": spec["prior"], "training": training,
+                      "data": sha256_of(paths.data_file(config, spec["system"]))},
+                     sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def train(config: dict, run: str, progress: bool = True, device: str | None = None,
@@ -49,7 +65,8 @@ def train(config: dict, run: str, progress: bool = True, device: str | None = No
     log.info("training %s on %s (%s, %s): %d train / %d val samples", run, system, dev, dtype,
              len(train_x), len(val_x))
     result = train_flow(flow, objective, train_x, settings, val_x=val_x, out_dir=out_dir,
-                        progress=progress, stop_after=stop_after)
+                        progress=progress, stop_after=stop_after,
+                        fingerprint=training_fingerprint(config, run))
     if not result["finished"]:
         return None
     test_x = load_split(config, system, "test").to(dev, dtype)[:1000]

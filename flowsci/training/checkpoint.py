@@ -15,9 +15,9 @@ _NAME = re.compile(r"ckpt-(\d+)\.pt$")
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, elapsed: float, model, opt, sched, ema,
-                    gen: torch.Generator, keep: int = 2) -> Path:
+                    gen: torch.Generator, fingerprint: str = "", keep: int = 2) -> Path:
     state = {
-        "step": step, "elapsed": elapsed,
+        "step": step, "elapsed": elapsed, "fingerprint": fingerprint,
         "model": model.state_dict(), "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(), "ema": ema.state_dict(),
         "rng_data": gen.get_state(), "rng_torch": torch.get_rng_state(),
@@ -42,11 +42,15 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, opt, sched, ema, gen: torch.Generator) -> dict:
+def load_checkpoint(path: Path, model, opt, sched, ema, gen: torch.Generator,
+                    fingerprint: str = "") -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise DataError(f"{path}: cannot read checkpoint ({e}); delete it to restart") from None
+    if state.get("fingerprint", "") != fingerprint:
+        raise DataError(f"{path}: checkpoint was written for other data or training settings; "
+                        f"delete {Path(path).parent} to train from scratch")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

@@ -57,7 +57,10 @@ def lr_lambda(settings: TrainSettings):
 
 @torch.no_grad()
 def validation_nll(flow: nn.Module, x: torch.Tensor, batch_size: int = 512) -> float:
-    """Mean -log q(x) with the exact divergence (the number reweighting relies on)."""
+    """Mean -log q(x) with the exact divergence (the number reweighting relies on); NaN for
+    an empty x."""
+    if len(x) == 0:
+        return float("nan")
     total = 0.0
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
@@ -67,12 +70,15 @@ def validation_nll(flow: nn.Module, x: torch.Tensor, batch_size: int = 512) -> f
 
 def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: TrainSettings,
                val_x: torch.Tensor | None = None, out_dir: str | Path | None = None,
-               progress: bool = True, stop_after: int | None = None) -> dict:
+               progress: bool = True, stop_after: int | None = None,
+               fingerprint: str = "") -> dict:
     """Train `flow` in place; resume from out_dir/checkpoints if a checkpoint exists.
 
     train_x, val_x: [N, *event] on the flow's device. Writes out_dir/train_log.csv and
     out_dir/checkpoints/ckpt-{step}.pt. stop_after: end early after that global step (used to
-    run long trainings in chunks, and by the resume test). Returns the final state summary.
+    run long trainings in chunks, and by the resume test). fingerprint: identifies the data
+    and settings; a checkpoint written with another fingerprint is refused, not resumed.
+    Returns the final state summary.
     """
     params = [p for p in flow.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -84,7 +90,7 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out_dir / "checkpoints" if out_dir is not None else None
     if ckpt_dir is not None and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(ckpt, flow, opt, sched, ema, gen)
+        state = load_checkpoint(ckpt, flow, opt, sched, ema, gen, fingerprint)
         step, elapsed = state["step"], state["elapsed"]
     log = _Log(out_dir / "train_log.csv" if out_dir else None, resume_step=step)
     last = stop_after if stop_after is not None else settings.steps
@@ -110,14 +116,15 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
         row = {"step": step, "loss": loss.item(), "nll": stats.get("nll", float("nan")),
                "nfe": stats.get("nfe", 0), "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
                "seconds": dt, "val_nll": ""}
-        if val_x is not None and (step % settings.val_every == 0 or step == settings.steps):
+        if val_x is not None and len(val_x) and (step % settings.val_every == 0
+                                                 or step == settings.steps):
             with ema.applied(flow):
                 row["val_nll"] = validation_nll(flow, val_x[:settings.val_samples])
         log.write(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}", nfe=row["nfe"])
         if ckpt_dir is not None and (step % settings.checkpoint_every == 0 or step == last):
-            save_checkpoint(ckpt_dir, step, elapsed, flow, opt, sched, ema, gen)
+            save_checkpoint(ckpt_dir, step, elapsed, flow, opt, sched, ema, gen, fingerprint)
     bar.close()
     log.close()
     return {"step": step, "elapsed": elapsed, "ema": ema.weights(),

@@ -43,6 +43,14 @@ def section(*keys):
     return get
 
 
+def run_section(*keys):
+    """Only these keys of runs.<run> as a JSON param (editing sampling must not retrain)."""
+    def get(wildcards):
+        spec = config["runs"][wildcards.run]
+        return json.dumps({k: spec[k] for k in keys}, sort_keys=True)
+    return get
+
+
 def n_shards(run):
     return config["runs"][run]["sampling"]["n_shards"]
 

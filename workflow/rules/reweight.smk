@@ -14,6 +14,7 @@ rule reweight:
     conda:
         "../../envs/flowsci.yaml"
     params:
+        spec=section("runs", "{run}", "reweighting"),
         cmd=flowsci_cmd("reweight"),
     shell:
         "{params.cmd} --run {wildcards.run} > {log} 2>&1"

@@ -1,4 +1,6 @@
 # train: data.h5 -> model.pt (+ checkpoints/, train_log.csv). Resumes from checkpoints.
+# checkpoints/ and train_log.csv are not declared outputs on purpose: Snakemake deletes the
+# outputs of a failed or incomplete job, and a rerun must find them to resume.
 
 
 rule train:
@@ -6,9 +8,8 @@ rule train:
         f"{RESULTS}/{{system}}/data.h5",
     output:
         model=f"{RESULTS}/{{system}}/{{run}}/model.pt",
-        log_csv=f"{RESULTS}/{{system}}/{{run}}/train_log.csv",
     params:
-        spec=section("runs", "{run}"),
+        spec=run_section("model", "prior", "flow", "training"),
         cmd=flowsci_cmd("train"),
     threads: 4
     resources:
