@@ -141,3 +141,26 @@ def test_log_partition_is_and_bar():
     log_z, err = bar_log_partition(lw_f, lw_d)
     assert 0 < err < 0.05
     assert abs(log_z - np.log(2 * np.pi)) < 4 * err
+
+
+def test_reference_energies_from_user_files_are_rescored_with_the_target(tmp_path):
+    """Stored energies of generated data are the target's; a user file's may not be."""
+    import torch
+
+    from flowsci.data.hdf5 import make_splits, provenance, write_h5
+    from flowsci.stages.reweight import read_reference
+    from flowsci.systems import build_target
+
+    x = np.random.default_rng(0).normal(size=(20, 4, 2)) * 2
+    u_target = build_target({"name": "dw4"}).energy(torch.as_tensor(x)).numpy()
+    for source, expected in (({"generator": "mcmc"}, np.zeros(20)),
+                             ({"path": "traj.extxyz", "sha256": "0"}, u_target)):
+        p = tmp_path / f"{len(source)}.h5"
+        write_h5(p, {"positions": x, "atomic_numbers": np.zeros(4, int),
+                     "energies": np.zeros(20)},
+                 provenance("particles", "dw4", units="reduced", temperature=1.0,
+                            source=source, config={}),
+                 groups={"splits": make_splits(20, {"train": 0.5, "val": 0.0, "test": 0.5})})
+        ref = read_reference(p, {"name": "dw4"})
+        idx = np.sort(make_splits(20, {"train": 0.5, "val": 0.0, "test": 0.5})["test"])
+        np.testing.assert_allclose(ref["u"], expected[idx])

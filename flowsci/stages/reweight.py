@@ -134,14 +134,22 @@ def read_reference(path: Path, target_spec: dict) -> dict[str, Any]:
             idx = f["splits/test"][()] if "splits/test" in f else None
             if idx is None or len(idx) == 0:
                 idx = np.arange(f[main].shape[0])
-            x = f[main][()][idx]
+            idx = np.sort(idx)
+            x = f[main][idx]
             ekey = "energies" if "energies" in f else "actions" if "actions" in f else None
-            u = f[ekey][()][idx] if ekey else None
+            u = f[ekey][idx] if ekey else None
+            source = json.loads(_text(f.attrs.get("source", "{}")) or "{}")
     except OSError as e:
         raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
-    if u is None:
+    # Energies read from a user's file may come from another potential or energy zero, while
+    # flow samples are scored with the target: recompute those with the target.
+    if u is None or "path" in source:
         u = _energies(x, target_spec)
     return {"x": x, "u": np.asarray(u, dtype=float), "kind": kind}
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _energies(x: np.ndarray, target_spec: dict, batch: int = 4096) -> np.ndarray:
