@@ -17,10 +17,6 @@ def model_file(config: dict, run: str) -> Path:
     return run_dir(config, run) / "model.pt"
 
 
-def checkpoint_dir(config: dict, run: str) -> Path:
-    return run_dir(config, run) / "checkpoints"
-
-
 def train_log(config: dict, run: str) -> Path:
     return run_dir(config, run) / "train_log.csv"
 
