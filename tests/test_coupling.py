@@ -13,14 +13,6 @@ from flowsci.systems import LatticeTarget, ParticleTarget
 from flowsci.testing import assert_invariant
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on loaded CI hosts."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make(shape=(4, 4), dtype=torch.float64, seed: int = 0, **params) -> RealNVP:
     torch.manual_seed(seed)

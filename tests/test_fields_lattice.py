@@ -11,13 +11,6 @@ from flowsci.models import build_field
 from flowsci.systems import LatticeTarget
 from flowsci.testing import assert_equivariant, assert_invariant
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on loaded CI hosts."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 SPATIAL = ["shift", "reflection", "axis_permutation"]
@@ -86,7 +79,7 @@ def test_cnf_log_density_invariant(case):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_exact_divergence_matches_jacobian(case, monkeypatch):
+def test_exact_divergence_matches_jacobian(case, disable_batched_vjp):
     shape, params, _ = CASES[case]
     field = make(shape, params)
     t = torch.tensor(0.4, dtype=torch.float64)
@@ -104,13 +97,7 @@ def test_exact_divergence_matches_jacobian(case, monkeypatch):
     if params.get("arch") == "gerdes":  # the O(V) analytic divergence agrees
         assert torch.allclose(field.divergence(t, x), ref, atol=1e-10)
 
-    grad = torch.autograd.grad
-
-    def no_batched(*args, **kw):
-        if kw.get("is_grads_batched"):
-            raise RuntimeError("batched VJP disabled")
-        return grad(*args, **kw)
-    monkeypatch.setattr(torch.autograd, "grad", no_batched)
+    disable_batched_vjp()  # now force the loop fallback and check it too
     xr = x.clone().requires_grad_(True)
     assert torch.allclose(exact_divergence(field(t, xr), xr), ref, atol=1e-10)
 

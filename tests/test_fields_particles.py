@@ -19,14 +19,6 @@ E3NN_SMALL = {"irreps_hidden": "4x0e + 2x1o + 2x1e", "n_layers": 1, "radial_hidd
 EGNN_SMALL = {"hidden": 16, "n_layers": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on loaded CI hosts."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @dataclass
 class Molecule(ParticleTarget):
@@ -154,7 +146,7 @@ def _batched_vjp_works(field, t, x) -> bool:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_exact_divergence_matches_jacobian(case, monkeypatch):
+def test_exact_divergence_matches_jacobian(case, disable_batched_vjp):
     name, target, params, scale = CASES[case]
     field = make(name, target, **params)
     t = torch.tensor(0.7, dtype=torch.float64)
@@ -167,13 +159,7 @@ def test_exact_divergence_matches_jacobian(case, monkeypatch):
     div.sum().backward()  # second derivatives exist (training through the divergence)
     assert all(torch.isfinite(p.grad).all() for p in field.parameters() if p.grad is not None)
 
-    grad = torch.autograd.grad  # now force the loop fallback and check it too
-
-    def no_batched(*args, **kw):
-        if kw.get("is_grads_batched"):
-            raise RuntimeError("batched VJP disabled")
-        return grad(*args, **kw)
-    monkeypatch.setattr(torch.autograd, "grad", no_batched)
+    disable_batched_vjp()  # now force the loop fallback and check it too
     xr = x.clone().requires_grad_(True)
     assert torch.allclose(exact_divergence(field(t, xr), xr), ref, atol=1e-10)
 

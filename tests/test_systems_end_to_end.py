@@ -50,7 +50,6 @@ def _config(tmp_path, run):
 
 @pytest.mark.parametrize("run", list(RUNS))
 def test_train_sample_reweight_report(tmp_path, run):
-    torch.set_num_threads(1)
     cfg = _config(tmp_path, run)
     system = cfg["runs"][run]["system"]
     preprocess(cfg, system, progress=False)

@@ -65,7 +65,7 @@ def radial_distribution(x: Array, edges: Array, box: Array | float | None = None
     else (clusters) V is the ball of radius edges[-1]. Returns an Estimate [n_bins]."""
     from ..reweighting import estimate
 
-    n, d = x.shape[1], x.shape[2]
+    d = x.shape[2]
     vol = _volume(box, d, edges[-1])
     feats = {"p": Binned.from_values(pair_distances(x, box), edges)}
     return estimate(feats, log_w, n_boot=n_boot, seed=seed,

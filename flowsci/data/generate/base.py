@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...analysis.autocorr import integrated_autocorr_time
 from ...registry import Registry
 
 
@@ -37,6 +38,19 @@ class GeneratedData:
 
 
 GENERATORS: Registry = Registry("data generator")
+
+
+def trajectory_data(target, frames: list[np.ndarray], energies: list[float], info: dict,
+                    units: str) -> GeneratedData:
+    """GeneratedData of an MD trajectory: frames [n, 3] each, energies in the target's energy
+    unit (converted to kT here), with the energy's integrated autocorrelation time in info."""
+    u = np.asarray(energies) / target.kT
+    return GeneratedData(
+        arrays={"positions": np.stack(frames), "energies": u,
+                "atomic_numbers": np.asarray(target.atomic_numbers, dtype=np.int64)},
+        info={**info, "temperature_K": target.temperature,
+              "energy_autocorr_time_thinned": integrated_autocorr_time(u)},
+        units=units)
 
 
 class Checkpoint:

@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...analysis.autocorr import integrated_autocorr_time
-from .base import GENERATORS, Checkpoint, GeneratedData
+from .base import GENERATORS, Checkpoint, GeneratedData, trajectory_data
 
 
 @GENERATORS.register("ase_langevin")
@@ -71,13 +70,8 @@ def ase_langevin(target, n_samples: int = 1000, burn_in: int = 1000, thin: int =
                            "rng": rng.bit_generator.state, "frames": frames,
                            "energies": energies})
         bar.close()
-        u = np.asarray(energies) / target.kT
-        info = {**settings, "sampler": "ase.md.langevin.Langevin",
-                "temperature_K": target.temperature, "calculator": target.calculator,
-                "energy_autocorr_time_thinned": integrated_autocorr_time(u)}
-        return GeneratedData(
-            arrays={"positions": np.stack(frames), "energies": u,
-                    "atomic_numbers": np.asarray(target.atomic_numbers, dtype=np.int64)},
-            info=info, units="angstrom")
+        return trajectory_data(target, frames, energies, {
+            **settings, "sampler": "ase.md.langevin.Langevin", "calculator": target.calculator},
+            units="angstrom")
 
     return run

@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...analysis.autocorr import integrated_autocorr_time
-from .base import GENERATORS, Checkpoint, GeneratedData
+from .base import GENERATORS, Checkpoint, GeneratedData, trajectory_data
 
 
 @GENERATORS.register("openmm_md")
@@ -69,14 +68,8 @@ def openmm_md(target, n_samples: int = 1000, burn_in: int = 5000, thin: int = 25
                 ckpt.save({"omm": ctx.createCheckpoint(), "frames": frames,
                            "energies": energies, "e_min": e_min})
         bar.close()
-        u = np.asarray(energies) / target.kT
-        info = {**settings, "sampler": "OpenMM LangevinMiddleIntegrator",
-                "temperature_K": target.temperature, "platform": target.platform,
-                "minimized_energy_kj_mol": e_min,
-                "energy_autocorr_time_thinned": integrated_autocorr_time(u)}
-        return GeneratedData(
-            arrays={"positions": np.stack(frames), "energies": u,
-                    "atomic_numbers": np.asarray(target.atomic_numbers, dtype=np.int64)},
-            info=info, units="nm")
+        return trajectory_data(target, frames, energies, {
+            **settings, "sampler": "OpenMM LangevinMiddleIntegrator",
+            "platform": target.platform, "minimized_energy_kj_mol": e_min}, units="nm")
 
     return run
