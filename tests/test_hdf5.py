@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from flowsci.data.hdf5 import (ROOT_ATTRS, atomic_output, make_splits, provenance, read_array,
+from flowsci.io import atomic_output
+from flowsci.data.hdf5 import (ROOT_ATTRS, make_splits, provenance, read_array,
                                read_attrs, validate_h5, write_h5)
 from flowsci.errors import DataError
 

@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..data.hdf5 import atomic_output
+from ..io import atomic_output
 from ..errors import DataError
 
 SOURCES = ("data", "flow", "reweighted")

@@ -9,20 +9,19 @@ Splits: group splits/ with int64 index arrays train, val, test.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
 
 from .. import __version__
 from ..errors import DataError
+from ..io import atomic_output
 
 SCHEMA_VERSION = 1
 ROOT_ATTRS = ("schema_version", "kind", "system", "units", "temperature", "created",
@@ -52,32 +51,6 @@ def provenance(kind: str, system: str, *, units: str, temperature: float | None,
         "source": json.dumps(source, sort_keys=True, default=str),
         "config": json.dumps(config, sort_keys=True, default=str),
     }
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
-
-    An exception (or a crash) leaves any existing file at `path` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_h5(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict[str, Any],

@@ -8,15 +8,11 @@ import math
 import torch
 from torch import nn
 
+from ..geometry import remove_mean
 from ..registry import Registry
 from ..systems.base import Target
 
 PRIORS: Registry["Prior"] = Registry("prior")
-
-
-def remove_mean(x: torch.Tensor) -> torch.Tensor:
-    """Centre particle configurations. x: [B, n, d] -> [B, n, d] with zero centroid."""
-    return x - x.mean(dim=-2, keepdim=True)
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None,

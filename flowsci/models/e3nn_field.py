@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..flows.priors import remove_mean
+from ..geometry import remove_mean
 from .base import VECTOR_FIELDS, broadcast_time
 from .embeddings import FourierTime, mlp
 from .graph import check_graph, edge_index, smooth_envelope

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..flows.priors import remove_mean
+from ..geometry import remove_mean
 from .base import VECTOR_FIELDS, broadcast_time
 from .embeddings import FourierTime, mlp
 from .graph import check_graph, smooth_envelope

@@ -14,12 +14,12 @@ import h5py
 import numpy as np
 
 from .. import paths
-from ..analysis.mh import independence_mh
 from ..analysis.observables import ObservableSet, observable_set, state_indicators
 from ..analysis.report import read_train_log, training_summary
-from ..data.hdf5 import atomic_output, provenance, sha256_of, write_h5
+from ..data.hdf5 import provenance, sha256_of, write_h5
 from ..errors import ConfigError, DataError
-from ..reweighting import (estimate, ess_fraction, free_energy_differences, kish_ess,
+from ..io import atomic_output
+from ..reweighting import (estimate, independence_mh, ess_fraction, free_energy_differences, kish_ess,
                            log_mean_weight, log_weights, normalized_log_weights, pareto_khat,
                            top_weights)
 

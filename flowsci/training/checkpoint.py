@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.hdf5 import atomic_output
+from ..io import atomic_output
 from ..errors import DataError
 
 _NAME = re.compile(r"ckpt-(\d+)\.pt$")

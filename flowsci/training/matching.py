@@ -20,7 +20,7 @@ import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ..flows.priors import remove_mean
+from ..geometry import remove_mean
 from ..flows.symmetry import apply_permutation, apply_rotation, pairwise_align
 from .objectives import OBJECTIVES
 

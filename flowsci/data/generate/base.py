@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ...analysis.autocorr import integrated_autocorr_time
+from ...autocorr import integrated_autocorr_time
 from ...registry import Registry
 
 

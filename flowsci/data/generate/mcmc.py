@@ -22,8 +22,8 @@ import math
 import numpy as np
 import torch
 
-from ...analysis.autocorr import integrated_autocorr_time
-from ...flows.priors import remove_mean
+from ...autocorr import integrated_autocorr_time
+from ...geometry import remove_mean
 from .base import GENERATORS, Checkpoint, GeneratedData, chain_major, run_chains
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .autocorr import integrated_autocorr_time
+from ..autocorr import integrated_autocorr_time
 
 
 @dataclass

@@ -9,7 +9,7 @@ energies u(x_i) (units of kT):
 the Pareto k̂ of the weight tail (Vehtari et al., PSIS; k̂ > 0.7 means the estimates are not
 trustworthy). Error bars: nonparametric bootstrap over samples (multinomial resampling,
 weights renormalised in each replicate), which also covers ratios such as free energies.
-The independence Metropolis-Hastings alternative lives in `flowsci.analysis.mh`.
+The independence Metropolis-Hastings alternative lives in `flowsci.reweighting.mh`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from typing import Callable, Mapping
 
 import numpy as np
 from scipy.special import logsumexp
-
-from .analysis.mh import IndependenceMH, independence_mh  # noqa: F401  (re-exported)
 
 Array = np.ndarray
 
