@@ -154,3 +154,43 @@ def assert_invariant(fn: Callable[[torch.Tensor], torch.Tensor], target, x: torc
                      **kw) -> float:
     """Check fn(g x) == fn(x) for a scalar function such as a log-density x -> [B]."""
     return assert_equivariant(lambda t, y: fn(y), target, x, invariant=True, **kw)
+
+
+def autograd_trace(field: Callable, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reference divergence: a plain loop of D autograd calls (FFJORD's way). x: [B, *event] -> [B].
+
+    Slow and simple on purpose: the yardstick for every fast or closed-form divergence.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        f = field(t, x).reshape(x.shape[0], -1)
+        div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for k in range(f.shape[1]):
+            (g,) = torch.autograd.grad(f[:, k].sum(), x, retain_graph=True)
+            div = div + g.reshape(x.shape[0], -1)[:, k]
+    return div.detach()
+
+
+def assert_divergence_exact(field, target, x: torch.Tensor | None = None, *, t: float = 0.37,
+                            rtol: float = 1e-8, seed: int = 0) -> float:
+    """Check a closed-form `field.divergence` (and `forward_and_divergence`) against
+    `autograd_trace` in the field's dtype (use float64). Returns the max relative error."""
+    if not getattr(field, "analytic_divergence", False):
+        raise ValueError(f"{type(field).__name__} declares no closed-form divergence")
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(iter(field.parameters())).dtype
+    x = _default_input(target, dtype, gen) if x is None else x
+    tt = torch.tensor(t, dtype=x.dtype, device=x.device)
+    ref = autograd_trace(field, tt, x)
+    with torch.no_grad():
+        div = field.divergence(tt, x)
+        f2, div2 = field.forward_and_divergence(tt, x)
+        f = field(tt, x)
+    scale = max(1.0, ref.abs().max().item())
+    err = max((div - ref).abs().max().item(), (div2 - ref).abs().max().item()) / scale
+    ferr = (f2 - f).abs().max().item() / max(1.0, f.abs().max().item())
+    if not (err <= rtol and ferr <= rtol):
+        raise AssertionError(f"{type(field).__name__}: closed-form divergence off the autograd "
+                             f"trace by {err:.3g} (forward_and_divergence f off by {ferr:.3g}), "
+                             f"rtol {rtol:.3g}")
+    return err

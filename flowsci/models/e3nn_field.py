@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..geometry import remove_mean
-from .base import VECTOR_FIELDS, broadcast_time
+from .base import VECTOR_FIELDS, VectorField, broadcast_time
 from .embeddings import FourierTime, mlp
 from .graph import check_graph, edge_index, smooth_envelope
 
@@ -111,7 +111,7 @@ class Interaction(nn.Module):
 
 
 @VECTOR_FIELDS.register("e3nn")
-class E3NNField(nn.Module):
+class E3NNField(VectorField):
     """e3nn tensor-product field for 3D particles. x: [B, n, 3] -> v: [B, n, 3] (mean-free).
 
     irreps_hidden: hidden node irreps (string); lmax: spherical-harmonics degree; n_layers:

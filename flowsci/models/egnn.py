@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..geometry import remove_mean
-from .base import VECTOR_FIELDS, broadcast_time
+from .base import VECTOR_FIELDS, VectorField, broadcast_time
 from .embeddings import FourierTime, mlp
 from .graph import check_graph, smooth_envelope
 
@@ -56,7 +56,7 @@ class EGNNLayer(nn.Module):
 
 
 @VECTOR_FIELDS.register("egnn")
-class EGNNField(nn.Module):
+class EGNNField(VectorField):
     """EGNN vector field for particle targets. x: [B, n, d] -> v: [B, n, d] (mean-free).
 
     hidden, n_layers: width/depth; n_time_freq: Fourier time features; coord_range: bound of

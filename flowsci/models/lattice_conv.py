@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VECTOR_FIELDS, broadcast_time
+from .base import VECTOR_FIELDS, VectorField, broadcast_time
 from .embeddings import FourierTime, mlp
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -66,7 +66,7 @@ class PeriodicConv(nn.Module):
 
 
 @VECTOR_FIELDS.register("lattice_conv")
-class LatticeConvField(nn.Module):
+class LatticeConvField(VectorField):
     """Periodic convolutional field. x: [B, *shape] -> v: [B, *shape], shape = target.shape.
 
     arch: 'conv' | 'gerdes'; hidden, n_layers, kernel_size: conv width/depth/kernel (odd);
@@ -152,7 +152,7 @@ class LatticeConvField(nn.Module):
         x: [B, *shape] -> [B]. Only defined for arch='gerdes'.
         """
         if self.arch != "gerdes":
-            raise ValueError("analytic divergence only for arch='gerdes'; use the CNF's exact trace")
+            return super().divergence(t, x)
         W0 = self._kernel(t, x)[(slice(None), slice(None)) + (0,) * self.d]  # [B, A]
         om = self.omega.to(x.dtype)
         c = torch.cos(om.reshape(1, -1, *([1] * self.d)) * x.unsqueeze(1)).flatten(2).sum(-1)
