@@ -11,3 +11,7 @@ class ConfigError(FlowsciError):
 
 class DataError(FlowsciError):
     """An input or intermediate data file is missing, malformed or inconsistent."""
+
+
+class ResourceError(FlowsciError):
+    """The machine ran out of memory (or another resource); the message says what to change."""

@@ -45,16 +45,22 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; available: {', '.join(self.names()) or '(none)'}"
             ) from None
 
-    def build(self, name: str, params: dict[str, Any] | None = None, /, **context: Any) -> T:
+    def build(self, name: str, params: dict[str, Any] | None = None, /,
+              config_key: str | None = None, **context: Any) -> T:
         """Call the factory `name` with config `params` plus code-supplied `context`.
 
-        Unknown or missing parameters raise ConfigError naming the key, instead of a TypeError
-        deep inside the constructor.
+        Unknown or missing parameters, and a component's refusal of its inputs (a ValueError
+        from the factory, e.g. a particle field given a lattice target), raise
+        ConfigError naming the component and `config_key` (where in the config it was chosen).
         """
         factory = self.get(name)
         params = dict(params or {})
-        check_params(factory, params, context, where=f"{self.kind} {name!r}")
-        return factory(**context, **params)
+        where = f"{config_key}: " if config_key else ""
+        check_params(factory, params, context, where=f"{where}{self.kind} {name!r}")
+        try:
+            return factory(**context, **params)
+        except ValueError as e:
+            raise ConfigError(f"{where}{self.kind} {name!r} refused its settings: {e}") from e
 
 
 def check_params(factory: Callable, params: dict, context: dict, where: str) -> None:

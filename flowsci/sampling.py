@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def _solve(flow, z: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x, logq = flow.sample(len(z), z=z, with_log_prob=True, divergence="exact")
+    x, logq = flow.sample(len(z), z=z, with_log_prob=True)
     u = target.energy(x.double())
     return x, logq, u
 
@@ -25,7 +25,7 @@ def sample_exact(flow, target, n: int, batch_size: int, generator: torch.Generat
     """Draw n samples; returns {'x', 'log_q', 'energies'} (finite rows only), 'n_failed' and
     'nfe' (mean function evaluations per batch solve)."""
     xs, lqs, us = [], [], []
-    failed, solves, nfe0 = 0, 0, getattr(flow, "nfe", 0)
+    failed, solves, nfe0 = 0, 0, flow.nfe
     bar = tqdm(total=n, desc=desc, unit="samples", disable=not progress, mininterval=1.0)
     done = 0
     while done < n:
@@ -41,7 +41,7 @@ def sample_exact(flow, target, n: int, batch_size: int, generator: torch.Generat
     if failed:
         log.warning("%d of %d samples failed (ODE solve error or non-finite values)", failed, n)
     cat = (lambda v: torch.cat(v) if v else torch.empty(0))
-    nfe = (getattr(flow, "nfe", 0) - nfe0) / max(solves, 1)
+    nfe = (flow.nfe - nfe0) / max(solves, 1)
     return {"x": cat(xs), "log_q": cat(lqs), "energies": cat(us), "n_failed": failed, "nfe": nfe}
 
 

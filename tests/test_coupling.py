@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowsci.flows import prior_for
+from flowsci.errors import ConfigError
+from flowsci.flows import Flow, prior_for
 from flowsci.flows.build import FLOW_MODELS, build_flow
 from flowsci.flows.coupling import RealNVP, checkerboard
 from flowsci.systems import LatticeTarget, ParticleTarget
@@ -89,8 +90,10 @@ def test_interface_of_training_loop_and_build_flow():
     loss.backward()
     assert torch.isfinite(loss) and stats["nfe"] == 0
     assert all(p.grad is not None for p in flow.parameters())
-    lp = flow.log_prob(phi(dtype=torch.float32), divergence="hutchinson", probe="rademacher",
-                       train=True, solver=None)
-    assert lp.shape == (5,)
+    assert isinstance(flow, Flow) and flow.exact_method == "closed_form"
     with pytest.raises(ValueError, match="lattice"):
         RealNVP(ParticleTarget(), prior_for(ParticleTarget()))
+    with pytest.raises(ConfigError, match="runs.r.model: flow model 'realnvp' refused.*lattice"):
+        build_flow({"model": {"name": "realnvp"}}, ParticleTarget(), "r")
+    with pytest.raises(ConfigError, match="regularisers need a CNF"):
+        MaximumLikelihood(target, kinetic_weight=1.0)(flow, phi(dtype=torch.float32))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flowsci.errors import ConfigError
+
 from flowsci.flows import CNF, SolverConfig, exact_divergence, prior_for
 from flowsci.models import build_field
 from flowsci.systems import LatticeTarget
@@ -107,11 +109,11 @@ def test_time_dependence_and_errors():
     x = phi((4, 4))
     assert (field(torch.tensor(0.1), x) - field(torch.tensor(0.9), x)).abs().max() > 1e-6
     from flowsci.systems import ParticleTarget
-    with pytest.raises(ValueError, match="lattice"):
+    with pytest.raises(ConfigError, match="refused.*lattice"):
         build_field({"name": "lattice_conv"}, ParticleTarget())
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(ConfigError, match="refused.*odd"):
         build_field({"name": "lattice_conv", "params": {"kernel_size": 4}},
                     LatticeTarget(shape=(4, 4)))
-    with pytest.raises(ValueError, match="z2"):
+    with pytest.raises(ConfigError, match="refused.*z2"):
         build_field({"name": "lattice_conv", "params": {"z2": "even"}},
                     LatticeTarget(shape=(4, 4)))

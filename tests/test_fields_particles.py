@@ -178,11 +178,11 @@ def test_output_is_mean_free_and_time_dependent():
 
 def test_config_errors():
     assert {"egnn", "e3nn", "lattice_conv"} <= set(VECTOR_FIELDS.names())
-    with pytest.raises(ValueError, match="3D"):
+    with pytest.raises(ConfigError, match="refused.*3D"):
         build_field({"name": "e3nn"}, ParticleTarget(n_particles=4, dim=2))
-    with pytest.raises(ValueError, match="cutoff"):
+    with pytest.raises(ConfigError, match="refused.*cutoff"):
         build_field({"name": "egnn", "params": {"graph": "radius"}}, ParticleTarget())
-    with pytest.raises(ValueError, match="symmetry"):
+    with pytest.raises(ConfigError, match="refused.*symmetry"):
         build_field({"name": "e3nn", "params": {"symmetry": "O2"}}, ParticleTarget())
     with pytest.raises(ConfigError, match="irreps"):
         build_field({"name": "e3nn", "params": {"irreps": "1x0e"}}, ParticleTarget())

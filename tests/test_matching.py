@@ -14,7 +14,9 @@ from flowsci.flows import CNF, SolverConfig, StandardGaussian, prior_for
 from flowsci.models.base import broadcast_time, build_field
 from flowsci.systems.double_well import DoubleWell
 from flowsci.training import matching  # noqa: F401  (registers the objectives)
+from flowsci.errors import ConfigError
 from flowsci.training.likelihood import MaximumLikelihood
+from flowsci.training.matching import EquivariantOTFlowMatching
 from flowsci.training.objectives import OBJECTIVES
 
 TOY = types.SimpleNamespace(kind="vector", event_dim=2, event_shape=(2,))
@@ -44,11 +46,12 @@ def mixture_nll(x: torch.Tensor) -> float:
     return -logp.mean().item()
 
 
-def train(objective, steps: int, lr: float, batch: int, seed: int = 0) -> CNF:
+def train(objective, steps: int, lr: float, batch: int, seed: int = 0,
+          train_solver: SolverConfig | None = None) -> CNF:
     """Plain Adam + cosine schedule on fresh mixture batches."""
     torch.manual_seed(seed)
     field = MLPField()
-    cnf = CNF(field, StandardGaussian((2,)))
+    cnf = CNF(field, StandardGaussian((2,)), train_solver=train_solver)
     opt = torch.optim.Adam(field.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(seed + 1)
@@ -69,9 +72,10 @@ def test_flow_matching_reaches_maximum_likelihood_nll():
     """
     x_test = mixture_sample(2000, torch.Generator().manual_seed(123))
     true = mixture_nll(x_test)
-    fm = train(OBJECTIVES.build("flow_matching", {}, target=TOY, solver=None), 2000, 5e-3, 512)
+    fm = train(OBJECTIVES.build("flow_matching", {}, target=TOY), 2000, 5e-3, 512)
     mle_solver = SolverConfig(method="rk4", n_steps=4, adjoint=False)
-    mle = train(MaximumLikelihood(TOY, divergence="exact", solver=mle_solver), 300, 1e-2, 128)
+    mle = train(MaximumLikelihood(TOY, divergence="exact"), 300, 1e-2, 128,
+                train_solver=mle_solver)
     nll_fm = -fm.log_prob(x_test).mean().item()  # exact trace, dopri5 (CNF default)
     nll_mle = -mle.log_prob(x_test).mean().item()
     print(f"test NLL: true {true:.4f} FM {nll_fm:.4f} MLE {nll_mle:.4f}")
@@ -82,7 +86,7 @@ def test_flow_matching_reaches_maximum_likelihood_nll():
 
 @pytest.mark.parametrize("name", ["flow_matching", "ot_flow_matching"])
 def test_objective_contract(name):
-    obj = OBJECTIVES.build(name, {"sigma": 0.01}, target=TOY, solver=None)
+    obj = OBJECTIVES.build(name, {"sigma": 0.01}, target=TOY)
     cnf = CNF(MLPField(16), StandardGaussian((2,)))
     loss, stats = obj(cnf, mixture_sample(64, torch.Generator().manual_seed(0)))
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -108,8 +112,7 @@ def test_equivariant_ot_on_particles():
     field = build_field({"name": "egnn", "params": {"hidden": 16, "n_layers": 2}}, target)
     cnf = CNF(field, prior_for(target))
     x = prior_for(target, 2.0).sample(32) + 1.0  # not centred: the objective centres it
-    obj = OBJECTIVES.build("equivariant_ot_flow_matching", {"n_iter": 2}, target=target,
-                           solver=None)
+    obj = OBJECTIVES.build("equivariant_ot_flow_matching", {"n_iter": 2}, target=target)
     assert obj.groups == ((0, 1, 2, 3),)
     x0 = cnf.prior.sample(32)
     x0a, x1, extra = obj.couple(x0, x - x.mean(-2, keepdim=True))
@@ -122,5 +125,9 @@ def test_equivariant_ot_on_particles():
     loss, stats = obj(cnf, x)
     assert torch.isfinite(loss) and stats["nfe"] == 0 and "fm_loss" in stats
     loss.backward()
-    with pytest.raises(ValueError):
-        OBJECTIVES.build("equivariant_ot_flow_matching", {}, target=TOY)
+    with pytest.raises(ValueError, match="needs a particle target"):
+        EquivariantOTFlowMatching(TOY)
+    with pytest.raises(ConfigError, match="runs.r.training.objective: training objective "
+                                          "'equivariant_ot_flow_matching' refused"):
+        OBJECTIVES.build("equivariant_ot_flow_matching", {}, target=TOY,
+                         config_key="runs.r.training.objective")

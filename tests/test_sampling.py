@@ -12,7 +12,7 @@ from flowsci.flows.build import build_flow
 from flowsci.sampling import sample_exact
 from flowsci.stages import sample as sample_stage
 from flowsci.systems import build_target
-from flowsci.training.checkpoint import save_model
+from flowsci.model_file import ModelFile, save_model_file
 
 
 def _config(tmp_path, n_shards=2):
@@ -28,7 +28,7 @@ def _config(tmp_path, n_shards=2):
     torch.manual_seed(0)
     flow = build_flow(cfg["runs"]["r"], build_target({"name": "dw4"}))
     sd = flow.state_dict()
-    save_model(paths.model_file(cfg, "r"), {"state_dict": sd, "raw_state_dict": sd, "step": 1})
+    save_model_file(paths.model_file(cfg, "r"), ModelFile.for_run(cfg, "r", sd, step=1))
     return cfg
 
 

@@ -7,6 +7,8 @@ import pytest
 import scipy.optimize
 import torch
 
+from flowsci.errors import ConfigError
+
 from flowsci.systems import TARGETS, build_target
 from flowsci.systems.lennard_jones import LennardJones
 
@@ -132,7 +134,7 @@ def test_phi4_free_field_phi2_equals_inverse_matrix():
 
 
 def test_phi4_rejects_unbounded_free_field():
-    with pytest.raises(ValueError, match="m2"):
+    with pytest.raises(ConfigError, match="refused.*m2"):
         build_target({"name": "phi4", "params": {"m2": -1.0, "lam": 0.0}})
 
 

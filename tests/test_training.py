@@ -4,7 +4,7 @@ import csv
 
 import torch
 
-from flowsci.flows.build import build_flow, solver_from
+from flowsci.flows.build import build_flow
 from flowsci.systems import build_target
 from flowsci.training import OBJECTIVES, TrainSettings, train_flow
 from flowsci.training.checkpoint import latest_checkpoint
@@ -14,9 +14,9 @@ def _setup():
     torch.manual_seed(0)
     target = build_target({"name": "dw4"})
     flow = build_flow({"model": {"name": "egnn", "params": {"hidden": 8, "n_layers": 1}},
-                       "flow": {"method": "rk4", "n_steps": 4}}, target)
-    obj = OBJECTIVES.build("likelihood", {"divergence": "hutchinson"}, target=target,
-                           solver=solver_from({"method": "midpoint", "n_steps": 3}))
+                       "flow": {"method": "rk4", "n_steps": 4},
+                       "training": {"solver": {"method": "midpoint", "n_steps": 3}}}, target)
+    obj = OBJECTIVES.build("likelihood", {"divergence": "hutchinson"}, target=target)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 4, 2, generator=g) * 2
     return flow, obj, x - x.mean(1, keepdim=True)

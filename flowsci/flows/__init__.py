@@ -1,8 +1,11 @@
-"""CNF dynamics, divergence estimators and priors."""
+"""Flows: the Flow contract (base.py), CNF dynamics (cnf.py), divergence strategies
+(divergence.py), priors, the RealNVP baseline (coupling.py) and symmetry alignment."""
 
+from .base import FLOW_MODELS, Flow, LikelihoodEstimate, TrainingLogProb
 from .cnf import CNF, SolverConfig
-from .divergence import exact_divergence, hutchinson_divergence
-from .priors import PRIORS, MeanFreeGaussian, StandardGaussian, prior_for, remove_mean
+from .divergence import ExactTrace, exact_divergence, hutchinson_divergence
+from .priors import PRIORS, MeanFreeGaussian, StandardGaussian, prior_for
 
-__all__ = ["CNF", "SolverConfig", "exact_divergence", "hutchinson_divergence", "PRIORS",
-           "MeanFreeGaussian", "StandardGaussian", "prior_for", "remove_mean"]
+__all__ = ["CNF", "FLOW_MODELS", "ExactTrace", "Flow", "LikelihoodEstimate", "MeanFreeGaussian",
+           "PRIORS", "SolverConfig", "StandardGaussian", "TrainingLogProb", "exact_divergence",
+           "hutchinson_divergence", "prior_for"]

@@ -8,8 +8,8 @@ commutes with phi -> -phi and log q(-x) = log q(x) exactly (the Gaussian prior i
 The flow is equivariant to lattice shifts by even vectors (shifts that keep the checkerboard)
 and, with point_symmetric kernels, to site-centred reflections (i -> -i mod L) and axis swaps.
 
-Same interface as the CNF: log_prob(x, ...) -> [B], sample(n, with_log_prob, generator) and
-`nfe` = 0, so the training loop, objectives and sampling code work unchanged.
+A `Flow` (flows/base.py) like the CNF: log_prob(x) -> [B], sample(n, with_log_prob, generator)
+and `nfe` = 0; its exact log q is cheap, so the likelihood objective trains on it directly.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..models.lattice_conv import PeriodicConv
-from .build import FLOW_MODELS
+from .base import FLOW_MODELS, Flow
 from .priors import Prior
 
 
@@ -77,7 +77,7 @@ class AffineCoupling(nn.Module):
 
 
 @FLOW_MODELS.register("realnvp")
-class RealNVP(nn.Module):
+class RealNVP(Flow):
     """Coupling-flow baseline for lattice targets: prior z -> x through `n_layers` couplings.
 
     n_layers: coupling layers (alternating checkerboard parity); hidden, n_conv, kernel_size:
@@ -98,7 +98,6 @@ class RealNVP(nn.Module):
         self.layers = nn.ModuleList(
             AffineCoupling(shape, k % 2, hidden, n_conv, kernel_size, scale_bound, z2,
                            point_symmetric) for k in range(n_layers))
-        self.nfe = 0
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prior -> data: (x, log|det dx/dz|)."""
@@ -116,16 +115,13 @@ class RealNVP(nn.Module):
             logdet = logdet + ld
         return x, logdet
 
-    def log_prob(self, x: torch.Tensor, divergence=None, probe=None, train: bool = False,
-                 solver=None) -> torch.Tensor:
-        """log q(x) = log p0(f^-1(x)) + log|det df^-1/dx|. x: [B, *shape] -> [B].
-        The CNF-only arguments (divergence, probe, train, solver) are ignored."""
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(x) = log p0(f^-1(x)) + log|det df^-1/dx|. x: [B, *shape] -> [B]."""
         z, logdet = self.inverse(x)
         return self.prior.log_prob(z) + logdet
 
     def sample(self, n: int, with_log_prob: bool = True,
-               generator: torch.Generator | None = None, z: torch.Tensor | None = None,
-               **kw):
+               generator: torch.Generator | None = None, z: torch.Tensor | None = None):
         """n samples, and their exact log q if with_log_prob. -> x or (x, log_q)."""
         with torch.no_grad():
             if z is None:

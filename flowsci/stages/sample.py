@@ -19,10 +19,11 @@ from .. import paths
 from ..data.hdf5 import provenance, read_attrs, sha256_of, validate_h5, write_h5
 from ..device import resolve_device, resolve_dtype
 from ..errors import DataError
+from ..flows.base import Flow
 from ..flows.build import build_flow
 from ..sampling import sample_exact
 from ..systems import build_target
-from ..training.checkpoint import load_model_file
+from ..model_file import ModelFile, check_matches, load_model_file
 
 log = logging.getLogger(__name__)
 PER_SAMPLE = ("x", "log_q", "energies", "log_weights")
@@ -38,14 +39,23 @@ def shard_seed(seed: int, shard: int) -> int:
 
 
 def load_trained_flow(config: dict, run: str, device: torch.device, dtype: torch.dtype,
-                      use_ema: bool = True):
+                      use_ema: bool = True) -> tuple[Flow, object, ModelFile]:
+    """The run's trained flow (EMA weights by default), its target and model file. Refuses a
+    model file made for another model, prior or target than the config's."""
     spec = config["runs"][run]
-    target = build_target(config["systems"][spec["system"]]["target"])
+    system = spec["system"]
+    target = build_target(config["systems"][system]["target"], f"systems.{system}.target")
     path = paths.model_file(config, run)
-    payload = load_model_file(path)
-    flow = build_flow(spec, target)
-    flow.load_state_dict(payload["state_dict" if use_ema else "raw_state_dict"])
-    return flow.to(device, dtype).eval(), target, payload
+    model = load_model_file(path)
+    check_matches(model, path, config, run)
+    flow = build_flow(spec, target, run)
+    try:
+        flow.load_state_dict(model.weights(use_ema))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
+        raise DataError(f"{path}: weights do not fit the configured model "
+                        f"({first[0].strip()}); retrain") from None
+    return flow.to(device, dtype).eval(), target, model
 
 
 def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
@@ -60,12 +70,15 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
         raise DataError(f"shard {shard} out of range: runs.{run}.sampling.n_shards = "
                         f"{sp['n_shards']}")
     out = paths.shard_file(config, run, shard)
-    model_sha = sha256_of(paths.model_file(config, run))
-    if out.exists() and _is_done(out, model_sha, sp):
+    model_path = paths.model_file(config, run)
+    if not model_path.is_file():
+        raise DataError(f"{model_path}: model file not found (run `flowsci train` first)")
+    model_sha = sha256_of(model_path)
+    if out.exists() and _is_done(out, model_sha, spec):
         log.info("%s already holds this model's samples; skipping", out)
         return out
     dev = resolve_device(device or config["device"])
-    flow, target, payload = load_trained_flow(
+    flow, target, model = load_trained_flow(
         config, run, dev, resolve_dtype(sp["dtype"]), sp["use_ema"])
     n = shard_sizes(sp["n_samples"], sp["n_shards"])[shard]
     seed = shard_seed(sp["seed"], shard)
@@ -83,20 +96,23 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
     attrs.update(run=run, model_sha256=model_sha, n_requested=n, n_failed=res["n_failed"],
                  seed=seed, shard=shard, solver=json.dumps(spec["flow"], sort_keys=True),
                  sampling=json.dumps(sp, sort_keys=True),
-                 test_nll=float(payload.get("test_nll", float("nan"))),
-                 train_seconds=float(payload.get("train_seconds", float("nan"))),
-                 train_steps=int(payload.get("step", 0)), device=str(dev), nfe=res["nfe"])
+                 test_nll=float(model.test_nll), train_seconds=float(model.train_seconds),
+                 train_steps=int(model.step), device=str(dev), nfe=res["nfe"],
+                 exact_method=flow.exact_method)
     arrays = {"x": x, "log_q": log_q, "energies": u, "log_weights": -u - log_q}
     write_h5(out, arrays, attrs)
     return out
 
 
-def _is_done(path: Path, model_sha: str, sp: dict) -> bool:
+def _is_done(path: Path, model_sha: str, spec: dict) -> bool:
+    """The shard holds this model's samples with the current sampling and solver settings."""
     try:
         a = read_attrs(path)
     except OSError:
         return False
-    return a.get("model_sha256") == model_sha and a.get("sampling") == json.dumps(sp, sort_keys=True)
+    return (a.get("model_sha256") == model_sha
+            and a.get("sampling") == json.dumps(spec["sampling"], sort_keys=True)
+            and a.get("solver") == json.dumps(spec["flow"], sort_keys=True))
 
 
 def gather(config: dict, run: str) -> Path:

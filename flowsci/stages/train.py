@@ -12,10 +12,12 @@ import torch
 from .. import paths
 from ..data.hdf5 import read_array, sha256_of, validate_h5
 from ..device import resolve_device, resolve_dtype
-from ..flows.build import build_flow, solver_from
+from ..errors import ConfigError
+from ..flows.build import build_flow
+from ..flows.cnf import CNF
+from ..model_file import ModelFile, save_model_file
 from ..systems import build_target
 from ..training import OBJECTIVES, TrainSettings, train_flow
-from ..training.checkpoint import save_model
 from ..training.loop import validation_nll
 
 log = logging.getLogger(__name__)
@@ -50,14 +52,18 @@ def train(config: dict, run: str, progress: bool = True, device: str | None = No
     `stop_after` ended the run early (call again to continue)."""
     spec = config["runs"][run]
     system = spec["system"]
-    target = build_target(config["systems"][system]["target"])
+    target = build_target(config["systems"][system]["target"], f"systems.{system}.target")
     tr = spec["training"]
     dev = resolve_device(device or config["device"])
     dtype = resolve_dtype(tr["dtype"])
     torch.manual_seed(tr["seed"])
-    flow = build_flow(spec, target).to(dev, dtype)
+    flow = build_flow(spec, target, run).to(dev, dtype)
+    key = f"runs.{run}.training.objective"
     objective = OBJECTIVES.build(tr["objective"]["name"], tr["objective"].get("params", {}),
-                                 target=target, solver=solver_from(tr["solver"]))
+                                 config_key=key, target=target)
+    if objective.needs_vector_field and not isinstance(flow, CNF):
+        raise ConfigError(f"{key}: {tr['objective']['name']!r} trains a vector field, but model "
+                          f"{spec['model']['name']!r} is a flow without one; use 'likelihood'")
     train_x = load_split(config, system, "train").to(dev, dtype)
     val_x = load_split(config, system, "val").to(dev, dtype)
     out_dir = paths.run_dir(config, run)
@@ -73,14 +79,9 @@ def train(config: dict, run: str, progress: bool = True, device: str | None = No
     raw_state = {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()}
     flow.load_state_dict({**flow.state_dict(), **result["ema"]})
     test_nll = validation_nll(flow, test_x)
-    payload = {
-        "state_dict": {k: v.cpu() for k, v in flow.state_dict().items()},  # EMA weights
-        "raw_state_dict": raw_state,
-        "run": run, "system": system, "config": json.dumps(spec, sort_keys=True),
-        "step": result["step"], "train_seconds": result["elapsed"], "test_nll": test_nll,
-        "dtype": tr["dtype"],
-    }
-    path = paths.model_file(config, run)
-    save_model(path, payload)
+    model = ModelFile.for_run(config, run, flow.state_dict(), raw_state,  # EMA, last weights
+                              step=result["step"], train_seconds=result["elapsed"],
+                              test_nll=test_nll)
+    path = save_model_file(paths.model_file(config, run), model)
     log.info("saved %s (test NLL %.4f, %.1f s)", path, test_nll, result["elapsed"])
     return path

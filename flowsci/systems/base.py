@@ -122,6 +122,7 @@ def pair_distances(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return torch.sqrt((diff * diff).sum(-1) + eps)
 
 
-def build_target(spec: dict) -> Target:
-    """Build a target from its config entry {'name': ..., 'params': {...}}."""
-    return TARGETS.build(spec["name"], spec.get("params", {}))
+def build_target(spec: dict, config_key: str | None = None) -> Target:
+    """Build a target from its config entry {'name': ..., 'params': {...}}; `config_key`
+    (e.g. 'systems.dw4.target') is named in errors."""
+    return TARGETS.build(spec["name"], spec.get("params", {}), config_key=config_key)

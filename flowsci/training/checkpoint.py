@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -60,20 +59,3 @@ def load_checkpoint(path: Path, model, opt, sched, ema, gen: torch.Generator,
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
     return state
-
-
-def save_model(path: Path, payload: dict) -> None:
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
-    os.utime(path)
-
-
-def load_model_file(path: Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: model file not found (run `flowsci train` first)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{path}: cannot read model file ({e})") from None

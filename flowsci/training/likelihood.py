@@ -3,13 +3,14 @@
 Optional regularisers of Finlay et al. 2020 ("How to train your neural ODE") are computed on the
 same solve by augmenting the dynamics: kinetic energy int |f|^2 dt and Jacobian Frobenius norm
 int |eps^T df/dx|^2 dt (Hutchinson), each averaged over the batch and per event dimension.
+The ODE solver used in training is the flow's own `train_solver` (config training.solver).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..flows.cnf import CNF, SolverConfig
+from ..flows.base import Flow, LikelihoodEstimate
 from .objectives import OBJECTIVES
 
 
@@ -20,29 +21,26 @@ class MaximumLikelihood:
     divergence: 'hutchinson' (training default) or 'exact'; probe: 'rademacher' | 'gaussian'.
     """
 
+    needs_vector_field = False
+
     def __init__(self, target, divergence: str = "hutchinson", probe: str = "rademacher",
-                 kinetic_weight: float = 0.0, jacobian_weight: float = 0.0,
-                 solver: SolverConfig | None = None):
-        self.divergence = divergence
-        self.probe = probe
+                 kinetic_weight: float = 0.0, jacobian_weight: float = 0.0):
+        if divergence not in ("hutchinson", "exact"):
+            raise ValueError(f"divergence must be 'hutchinson' or 'exact', got {divergence!r}")
         self.kinetic_weight = float(kinetic_weight)
         self.jacobian_weight = float(jacobian_weight)
+        self.estimate = LikelihoodEstimate(divergence, probe,
+                                           self.kinetic_weight > 0 or self.jacobian_weight > 0)
         self.dim = target.event_dim
-        self.solver = solver
 
-    def __call__(self, flow, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        nfe0 = getattr(flow, "nfe", 0)
-        regs = self.kinetic_weight > 0 or self.jacobian_weight > 0
-        if isinstance(flow, CNF) and regs:
-            logq, kin, jac = flow.log_prob_regularised(x, divergence=self.divergence,
-                                                       probe=self.probe, solver=self.solver)
-        else:
-            logq = flow.log_prob(x, divergence=self.divergence, probe=self.probe, train=True,
-                                 solver=self.solver)
-            kin = jac = torch.zeros((), dtype=x.dtype, device=x.device)
-        nll = -logq.mean()
-        loss = nll / self.dim + self.kinetic_weight * kin.mean() + self.jacobian_weight * jac.mean()
-        stats = {"nll": nll.item(), "nfe": getattr(flow, "nfe", 0) - nfe0}
-        if regs:
-            stats.update(kinetic=kin.mean().item(), jacobian_frob=jac.mean().item())
+    def __call__(self, flow: Flow, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        nfe0 = flow.nfe
+        out = flow.training_log_prob(x, self.estimate)
+        nll = -out.log_q.mean()
+        loss = (nll / self.dim + self.kinetic_weight * out.kinetic.mean()
+                + self.jacobian_weight * out.jacobian_frob.mean())
+        stats = {"nll": nll.item(), "nfe": flow.nfe - nfe0}
+        if self.estimate.regularise:
+            stats.update(kinetic=out.kinetic.mean().item(),
+                         jacobian_frob=out.jacobian_frob.mean().item())
         return loss, stats

@@ -55,9 +55,9 @@ class FlowMatching:
     """
 
     name = "flow_matching"
+    needs_vector_field = True
 
-    def __init__(self, target, sigma: float = 0.0, t_min: float = 0.0, t_max: float = 1.0,
-                 solver=None):
+    def __init__(self, target, sigma: float = 0.0, t_min: float = 0.0, t_max: float = 1.0):
         self.target = target
         self.sigma = float(sigma)
         self.t_min, self.t_max = float(t_min), float(t_max)
@@ -74,7 +74,7 @@ class FlowMatching:
         return remove_mean(x) if self.particles else x
 
     def __call__(self, flow, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """flow: CNF; x: data batch [B, *event]. Returns (loss, stats)."""
+        """flow: a CNF (uses flow.field, flow.prior); x: data batch [B, *event]."""
         x1 = self._centre(x)
         b = x1.shape[0]
         x0 = flow.prior.sample(b).to(dtype=x1.dtype, device=x1.device)
@@ -119,8 +119,7 @@ class EquivariantOTFlowMatching(FlowMatching):
     name = "equivariant_ot_flow_matching"
 
     def __init__(self, target, sigma: float = 0.0, t_min: float = 0.0, t_max: float = 1.0,
-                 n_iter: int = 1, reflections: bool = False, starts: str = "identity",
-                 solver=None):
+                 n_iter: int = 1, reflections: bool = False, starts: str = "identity"):
         super().__init__(target, sigma, t_min, t_max)
         if not self.particles:
             raise ValueError(f"{self.name} needs a particle target")

@@ -1,0 +1,116 @@
+"""The model file (`model.pt`): one save/load pair owns its format.
+
+A model file holds plain tensors, numbers and strings only (loaded with
+torch.load(weights_only=True), so a file can never run code), with a format version:
+  version          MODEL_FILE_VERSION
+  state_dict       EMA weights (what is sampled); raw_state_dict: the last optimiser weights
+  run, system      names in the config it was trained with
+  run_config       JSON of runs.<run> at training time
+  target           JSON of systems.<system>.target at training time
+  step, train_seconds, test_nll, dtype
+`check_matches` refuses a model file made for another model, prior or target than the current
+config (sampling settings such as the ODE solver may differ: they are not part of the model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import DataError
+from .io import atomic_output
+
+MODEL_FILE_VERSION = 2
+# What makes a trained model this run's model: the keys of runs.<run> that define the density.
+MODEL_KEYS = ("model", "prior")
+
+
+@dataclass
+class ModelFile:
+    """Contents of model.pt (see the module docstring)."""
+
+    state_dict: dict[str, torch.Tensor]
+    raw_state_dict: dict[str, torch.Tensor]
+    run: str
+    system: str
+    run_config: str
+    target: str
+    step: int
+    train_seconds: float
+    test_nll: float
+    dtype: str
+    version: int = MODEL_FILE_VERSION
+
+    @classmethod
+    def for_run(cls, config: dict, run: str, state_dict: dict[str, torch.Tensor],
+                raw_state_dict: dict[str, torch.Tensor] | None = None, step: int = 0,
+                train_seconds: float = float("nan"), test_nll: float = float("nan")
+                ) -> "ModelFile":
+        """A model file for config's run (names, run config and target taken from `config`)."""
+        spec = config["runs"][run]
+        cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
+        return cls(state_dict=cpu(state_dict), raw_state_dict=cpu(raw_state_dict or state_dict),
+                   run=run, system=spec["system"], run_config=_canon(spec),
+                   target=_canon(config["systems"][spec["system"]]["target"]), step=int(step),
+                   train_seconds=float(train_seconds), test_nll=float(test_nll),
+                   dtype=spec.get("training", {}).get("dtype", "float32"))
+
+    def weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
+        return self.state_dict if use_ema else self.raw_state_dict
+
+
+def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
+    """Write `model` atomically; returns the path."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        torch.save(asdict(model), tmp)
+    os.utime(path)
+    return path
+
+
+def load_model_file(path: str | os.PathLike) -> ModelFile:
+    """Read a model file; DataError naming the file if missing, unreadable or of another format."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found (run `flowsci train` first)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise DataError(f"{path}: cannot read model file ({e})") from None
+    if not isinstance(raw, dict) or raw.get("version") != MODEL_FILE_VERSION:
+        found = raw.get("version") if isinstance(raw, dict) else type(raw).__name__
+        raise DataError(f"{path}: model file format version {found!r}, this flowsci reads "
+                        f"version {MODEL_FILE_VERSION}; retrain (delete the file)")
+    names = {f.name for f in fields(ModelFile)}
+    missing = sorted(names - set(raw))
+    if missing:
+        raise DataError(f"{path}: model file lacks {missing}")
+    return ModelFile(**{k: raw[k] for k in names})
+
+
+def check_matches(model: ModelFile, path: str | os.PathLike, config: dict, run: str) -> None:
+    """Refuse a model file trained for another model, prior or target than config's run."""
+    spec = config["runs"][run]
+    stored = json.loads(model.run_config)
+    current_target = config["systems"][spec["system"]]["target"]
+    pairs: list[tuple[str, Any, Any]] = [("system", model.system, spec["system"])]
+    pairs += [(f"runs.{run}.{k}", stored.get(k), spec.get(k)) for k in MODEL_KEYS]
+    pairs.append((f"systems.{spec['system']}.target", json.loads(model.target), current_target))
+    for key, was, now in pairs:
+        if _canon(was) != _canon(now):
+            raise DataError(f"{path}: trained with {key} = {_show(was)}, the config now has "
+                            f"{_show(now)}; retrain (delete the file) or restore the setting")
+
+
+def _canon(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _show(v: Any) -> str:
+    text = _canon(v)
+    return text if len(text) <= 200 else text[:197] + "..."
