@@ -1,42 +1,84 @@
-"""Where each stage reads and writes (design.md, 'Stages, files and commands')."""
+"""Where each stage reads and writes (design.md, 'Stages, files and commands').
+
+`TEMPLATES` is the one spelling of every stage file: the stage functions fill in all fields,
+and the Snakemake rules (`workflow/rules/*.smk`) use `rule_path`, which fills in only the
+results directory and leaves {system}, {run}, {shard} as wildcards.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+TEMPLATES = {
+    "data": "{results}/{system}/data.h5",
+    "run_dir": "{results}/{system}/{run}",
+    "model": "{results}/{system}/{run}/model.pt",
+    "train_log": "{results}/{system}/{run}/train_log.csv",
+    "shard": "{results}/{system}/{run}/samples/shard-{shard}.h5",
+    "samples": "{results}/{system}/{run}/samples.h5",
+    "reweight": "{results}/{system}/{run}/reweight.h5",
+    "metrics": "{results}/{system}/{run}/metrics.json",
+    "figures": "{results}/{system}/{run}/figures",
+    "table_html": "{results}/{system}/{run}/table.html",
+    "table_csv": "{results}/{system}/{run}/table.csv",
+    "summary": "{results}/summary.csv",
+}
+
+
+def rule_path(name: str, results: str) -> str:
+    """The Snakemake pattern of stage file `name` ({system}, {run}, {shard} left as wildcards)."""
+    return TEMPLATES[name].replace("{results}", results)
+
+
+def _path(name: str, config: dict, run: str | None = None, system: str | None = None,
+          **fields) -> Path:
+    if run is not None:
+        system = config["runs"][run]["system"]
+    return Path(TEMPLATES[name].format(results=config["results_dir"], system=system, run=run,
+                                       **fields))
+
 
 def data_file(config: dict, system: str) -> Path:
-    return Path(config["results_dir"]) / system / "data.h5"
+    return _path("data", config, system=system)
 
 
 def run_dir(config: dict, run: str) -> Path:
-    return Path(config["results_dir"]) / config["runs"][run]["system"] / run
+    return _path("run_dir", config, run)
 
 
 def model_file(config: dict, run: str) -> Path:
-    return run_dir(config, run) / "model.pt"
+    return _path("model", config, run)
 
 
 def train_log(config: dict, run: str) -> Path:
-    return run_dir(config, run) / "train_log.csv"
+    return _path("train_log", config, run)
 
 
 def shard_file(config: dict, run: str, shard: int) -> Path:
-    return run_dir(config, run) / "samples" / f"shard-{shard}.h5"
+    return _path("shard", config, run, shard=shard)
 
 
 def samples_file(config: dict, run: str) -> Path:
     """All shards gathered into one file."""
-    return run_dir(config, run) / "samples.h5"
+    return _path("samples", config, run)
 
 
 def reweight_file(config: dict, run: str) -> Path:
-    return run_dir(config, run) / "reweight.h5"
+    return _path("reweight", config, run)
 
 
 def metrics_file(config: dict, run: str) -> Path:
-    return run_dir(config, run) / "metrics.json"
+    return _path("metrics", config, run)
 
 
 def figures_dir(config: dict, run: str) -> Path:
-    return run_dir(config, run) / "figures"
+    return _path("figures", config, run)
+
+
+def table_files(config: dict, run: str) -> tuple[Path, Path]:
+    """(table.html, table.csv) of a run's report."""
+    return _path("table_html", config, run), _path("table_csv", config, run)
+
+
+def summary_file(config: dict, out_dir: str | None = None) -> Path:
+    return Path(out_dir) / "summary.csv" if out_dir else _path("summary", config)

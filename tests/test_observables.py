@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from flowsci.analysis.observables import (ALA2_PHI, ALA2_PSI, OBSERVABLE_SETS, connected_correlator,
-                                          dihedral, effective_mass, magnetization, observable_set,
-                                          pair_distances, radial_distribution, state_indicators,
-                                          two_point, zero_momentum)
+from flowsci.analysis.features import (ALA2_PHI, ALA2_PSI, connected_correlator, dihedral,
+                                       effective_mass, magnetization, pair_distances,
+                                       radial_distribution, two_point, zero_momentum)
+from flowsci.analysis.observables import OBSERVABLE_SETS, observable_set, state_indicators
+from flowsci.errors import ConfigError
 from flowsci.reweighting import estimate
 from flowsci.systems import pair_distances as torch_pair_distances
 
@@ -119,3 +120,46 @@ def test_registry_dispatch():
     assert observable_set("lj13", "particles").name == "particles"
     assert observable_set("phi4", "lattice").name == "lattice"
     assert observable_set("ala2", "particles").name == "ala2"
+
+
+def test_observable_sets_take_their_parameters_from_the_config():
+    x = np.zeros((1, 22, 3))
+    x[0, [0, 1, 2, 3]] = _dihedral_geometry(75.0)
+    x[0, [4, 6, 8, 14]] = _dihedral_geometry(-60.0)
+    x[0, 16] = x[0, 14] + np.array([0.5, -0.3, 1.0])
+    custom = observable_set("ala2", "particles", {"params": {"phi": [0, 1, 2, 3]}})
+    assert custom.scalars(x, np.zeros(1))["phi"][0] == pytest.approx(75.0)
+    assert custom.params == {"phi": [0, 1, 2, 3], "psi": list(ALA2_PSI)}
+    with pytest.raises(ConfigError, match=r"systems.a.observables: observable set 'ala2' "
+                                          r"refused.*4 distinct"):
+        observable_set("ala2", "particles", {"params": {"phi": [0, 1, 1, 3]}},
+                       config_key="systems.a.observables")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        observable_set("lj13", "particles", {"params": {"bins": 3}})
+    rdf = observable_set("lj13", "particles", {"params": {"r_max": 3.0}})
+    pts = np.random.default_rng(0).normal(size=(5, 4, 3))
+    assert rdf.prepare([pts], [np.zeros(5)], 6).axes["distance_hist"][-1] == 3.0
+    # an explicit name overrides the default chosen by target name / kind
+    assert observable_set("my_peptide", "particles", {"name": "ala2"}).name == "ala2"
+
+
+@pytest.mark.parametrize("name", ["particles", "lattice", "ala2"])
+def test_every_observable_set_owns_its_figures_and_captions(name):
+    from matplotlib.figure import Figure
+
+    obs = OBSERVABLE_SETS.build(name)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 22, 3)) if name != "lattice" else rng.normal(size=(40, 4, 4))
+    u = rng.normal(size=40)
+    spec = obs.prepare([x, x], [u, u], 8)
+    rw = {"axes": spec.axes, "labels": spec.labels}
+    for src in ("data", "flow", "reweighted"):
+        est = estimate(obs.features(x, u, spec), None, n_boot=5,
+                       finalize=lambda m: obs.finalize(m, spec))
+        rw[src] = {k: e.value for k, e in est.items()} | {f"{k}_err": e.err for k, e in est.items()}
+    for fig_name, draw in (("observables", obs.plot_observables),
+                           ("correlations", obs.plot_correlations)):
+        assert obs.captions[fig_name].strip()
+        fig = Figure(figsize=obs.figure_sizes[fig_name])
+        draw(fig, rw)
+        assert fig.axes, f"{name}.{fig_name} drew nothing"

@@ -161,6 +161,6 @@ def test_reference_energies_from_user_files_are_rescored_with_the_target(tmp_pat
                  provenance("particles", "dw4", units="reduced", temperature=1.0,
                             source=source, config={}),
                  groups={"splits": make_splits(20, {"train": 0.5, "val": 0.0, "test": 0.5})})
-        ref = read_reference(p, {"name": "dw4"})
+        ref = read_reference(p, build_target({"name": "dw4"}))
         idx = np.sort(make_splits(20, {"train": 0.5, "val": 0.0, "test": 0.5})["test"])
         np.testing.assert_allclose(ref["u"], expected[idx])

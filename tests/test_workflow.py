@@ -100,6 +100,34 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     html = (wd / "report.html").read_text(errors="ignore")
     assert len(html) > 50_000 and "tiny" in html
+    # the kind-specific captions come from the observable set
+    from flowsci.analysis.observables import ParticleObservables
+    assert ParticleObservables.captions["correlations"][:40] in html
     # everything is up to date: a second run does nothing
     r = _snakemake("--cores", "2", "-n", cwd=wd)
     assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_rule_paths_are_the_stages_paths(tmp_path):
+    """The rules spell no stage path of their own: every output of the dry run is one of
+    flowsci.paths' files for the config's systems and runs."""
+    from flowsci import paths
+    from flowsci.config import validate_config
+
+    cfg = validate_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    expected = {str(paths.data_file(cfg, s)) for s in cfg["systems"]}
+    for run, spec in cfg["runs"].items():
+        expected |= {str(p) for p in (paths.model_file(cfg, run), paths.samples_file(cfg, run),
+                                      paths.reweight_file(cfg, run), paths.metrics_file(cfg, run),
+                                      *paths.table_files(cfg, run))}
+        expected |= {str(paths.shard_file(cfg, run, i))
+                     for i in range(spec["sampling"]["n_shards"])}
+        expected |= {str(paths.figures_dir(cfg, run) / f"{f}.png") for f in
+                     ("energy", "weights", "training", "observables", "correlations")}
+    expected.add(str(paths.summary_file(cfg)))
+    wd = _workdir(tmp_path, yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    r = _snakemake("--summary", "--cores", "1", cwd=wd)
+    assert r.returncode == 0, r.stderr
+    outputs = {line.split("\t")[0] for line in r.stdout.splitlines()[1:] if line.strip()}
+    stage_outputs = {o for o in outputs if "/logs/" not in o and "/benchmarks/" not in o}
+    assert stage_outputs == expected

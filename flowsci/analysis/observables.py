@@ -1,16 +1,19 @@
-"""Observables per system kind, as per-sample features + a finalize step (see reweighting.estimate).
+"""Observable sets: the one extension point for what is measured, plotted and captioned.
 
-Geometry helpers (numpy): pair distances, radial distribution function, dihedral angles.
-Lattice helpers: magnetisation, two-point correlator, susceptibility, effective mass.
-
-Each `ObservableSet` (registry `OBSERVABLE_SETS`, keyed by target name, falling back to the
-target kind 'particles' / 'lattice') defines
+An `ObservableSet` (registry `OBSERVABLE_SETS`; config `systems.<s>.observables` with `name`
+and `params`, default: the set registered under the target's name, else under its kind
+'particles' / 'lattice') owns, for one kind of system,
   prepare(xs, us, n_bins) -> Spec     shared bin edges/axes from data and flow samples,
   features(x, u, spec)   -> features  per-sample values (dense [N, ...] or Binned),
   finalize(means, spec)  -> outputs   functions of the weighted means (may be nonlinear),
-  scalars(x, u)          -> [N] arrays usable to define states (energy, magnetization, phi...).
+  scalars(x, u)          -> [N] arrays usable to define states (energy, magnetization, phi...),
+  plot_observables(fig, rw), plot_correlations(fig, rw)   its two report figures,
+  captions                                               their captions (report and HTML).
 Outputs whose name ends in `_hist` are densities on `spec.axes[name]` (bin edges), other
 arrays are curves on `spec.axes[name]` (abscissae); 0-d outputs are scalar observables.
+Adding a system means adding a target class and, where the generic sets do not fit, one
+ObservableSet subclass registered under the target's name; parameters come from the config
+and are checked against the constructor's signature.
 """
 
 from __future__ import annotations
@@ -22,112 +25,13 @@ import numpy as np
 
 from ..registry import Registry
 from ..reweighting import Binned, Feature
+from .features import (ALA2_PHI, ALA2_PSI, ball_or_box_volume, connected_correlator, dihedral,
+                       effective_mass, magnetization, pair_distances, rdf_from_pair_fractions,
+                       two_point, zero_momentum)
+from .plots import curve_panel, free_energy_profile, hist_panel, ramachandran_panels
 
 Array = np.ndarray
 
-# Alanine dipeptide, 22-atom ordering of the Boltzmann-generator dataset (Noé et al. 2019;
-# ACE: HH31 CH3 HH32 HH33 C O | ALA: N H CA HA CB HB1 HB2 HB3 C O | NME: N H C HH31-3), 0-based.
-ALA2_PHI = (4, 6, 8, 14)   # C(ACE) - N - CA - C
-ALA2_PSI = (6, 8, 14, 16)  # N - CA - C - N(NME)
-
-
-# --------------------------------------------------------------------------- geometry
-
-def pair_distances(x: Array, box: Array | float | None = None) -> Array:
-    """All unordered pair distances. x: [N, n, d] -> [N, n(n-1)/2]; minimum image if `box`."""
-    x = np.asarray(x, dtype=float)
-    i, j = np.triu_indices(x.shape[1], k=1)
-    diff = x[:, i, :] - x[:, j, :]
-    if box is not None:
-        box = np.broadcast_to(np.asarray(box, dtype=float), (x.shape[2],))
-        diff = diff - box * np.round(diff / box)
-    return np.sqrt((diff * diff).sum(-1))
-
-
-def shell_volumes(edges: Array, dim: int) -> Array:
-    """Volume of the d-dimensional spherical shells between consecutive edges. -> [n_bins]."""
-    from scipy.special import gamma
-
-    c = np.pi ** (dim / 2) / gamma(dim / 2 + 1)
-    e = np.asarray(edges, dtype=float)
-    return c * (e[1:] ** dim - e[:-1] ** dim)
-
-
-def rdf_from_pair_fractions(frac: Array, edges: Array, dim: int, volume: float) -> Array:
-    """g(r) = P(pair distance in bin) * V / V_shell: 1 for an ideal gas in a periodic box of
-    volume V (for r below half the box). frac: [n_bins] fraction of pairs per bin."""
-    return frac * volume / shell_volumes(edges, dim)
-
-
-def radial_distribution(x: Array, edges: Array, box: Array | float | None = None,
-                        log_w: Array | None = None, n_boot: int = 200, seed: int = 0):
-    """(Reweighted) g(r) with bootstrap errors. x: [N, n, d]; periodic if `box` (length(s)),
-    else (clusters) V is the ball of radius edges[-1]. Returns an Estimate [n_bins]."""
-    from ..reweighting import estimate
-
-    d = x.shape[2]
-    vol = _volume(box, d, edges[-1])
-    feats = {"p": Binned.from_values(pair_distances(x, box), edges)}
-    return estimate(feats, log_w, n_boot=n_boot, seed=seed,
-                    finalize=lambda m: {"g": rdf_from_pair_fractions(m["p"], edges, d, vol)})["g"]
-
-
-def _volume(box: Array | float | None, dim: int, r_max: float) -> float:
-    if box is None:
-        return float(shell_volumes(np.array([0.0, r_max]), dim)[0])
-    return float(np.prod(np.broadcast_to(np.asarray(box, dtype=float), (dim,))))
-
-
-def dihedral(x: Array, idx: tuple[int, int, int, int]) -> Array:
-    """Dihedral angle (IUPAC sign, degrees in (-180, 180]) of atoms idx. x: [N, n, 3] -> [N]."""
-    x = np.asarray(x, dtype=float)
-    p0, p1, p2, p3 = (x[:, k, :] for k in idx)
-    b0, b1, b2 = p0 - p1, p2 - p1, p3 - p2
-    b1n = b1 / np.linalg.norm(b1, axis=-1, keepdims=True)
-    v = b0 - (b0 * b1n).sum(-1, keepdims=True) * b1n
-    w = b2 - (b2 * b1n).sum(-1, keepdims=True) * b1n
-    xx = (v * w).sum(-1)
-    yy = (np.cross(b1n, v) * w).sum(-1)
-    ang = np.degrees(np.arctan2(yy, xx))
-    return np.where(ang <= -180.0, 180.0, ang)
-
-
-# --------------------------------------------------------------------------- lattice
-
-def magnetization(phi: Array) -> Array:
-    """Site-averaged field M = (1/V) sum_x phi(x). phi: [N, *shape] -> [N]."""
-    phi = np.asarray(phi, dtype=float)
-    return phi.reshape(len(phi), -1).mean(1)
-
-
-def two_point(phi: Array) -> Array:
-    """Per-configuration (1/V) sum_y phi(y) phi(y + x), periodic. [N, L, L] -> [N, L, L]."""
-    phi = np.asarray(phi, dtype=float)
-    axes = tuple(range(1, phi.ndim))
-    f = np.fft.fftn(phi, axes=axes)
-    vol = np.prod(phi.shape[1:])
-    return np.real(np.fft.ifftn(f * np.conj(f), axes=axes)) / vol
-
-
-def connected_correlator(phiphi: Array, m: float) -> Array:
-    """G_c(x) = <phi(y) phi(y+x)> - <M>^2 from the mean two-point function [L, L]."""
-    return phiphi - m * m
-
-
-def zero_momentum(g: Array) -> Array:
-    """C(t) = sum over the other direction of G_c, averaged over both axes. [L, L] -> [L]."""
-    return 0.5 * (g.sum(axis=1) + g.sum(axis=0))
-
-
-def effective_mass(c: Array) -> Array:
-    """m_eff(t) = arccosh((C(t-1) + C(t+1)) / (2 C(t))), t = 1..L-2 (nan where undefined)."""
-    c = np.asarray(c, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        arg = (c[:-2] + c[2:]) / (2 * c[1:-1])
-        return np.where(arg >= 1, np.arccosh(np.where(arg >= 1, arg, 1.0)), np.nan)
-
-
-# --------------------------------------------------------------------------- sets
 
 @dataclass
 class Spec:
@@ -160,9 +64,20 @@ class ObservableSet:
 
     name = "base"
     periodic: frozenset[str] = frozenset()  # scalar features that are angles in degrees
+    captions: dict[str, str] = {"observables": "", "correlations": ""}
+    figure_sizes: dict[str, tuple[float, float]] = {"observables": (5.5, 4),
+                                                     "correlations": (5.5, 4)}
 
-    def __init__(self, params: Mapping[str, Any] | None = None):
-        self.params = dict(params or {})
+    @property
+    def params(self) -> dict[str, Any]:
+        """The config parameters this set was built with (stored with its outputs)."""
+        return {}
+
+    def plot_observables(self, fig, rw: dict[str, Any]) -> None:
+        """Draw the structural observable(s) of reweight results `rw` on a Figure."""
+
+    def plot_correlations(self, fig, rw: dict[str, Any]) -> None:
+        """Draw the correlation function(s) of reweight results `rw` on a Figure."""
 
     def scalars(self, x: Array, u: Array) -> dict[str, Array]:
         return {"energy": np.asarray(u, dtype=float)}
@@ -184,28 +99,49 @@ class ObservableSet:
 OBSERVABLE_SETS: Registry[ObservableSet] = Registry("observable set")
 
 
-def observable_set(target_name: str, kind: str, params: Mapping[str, Any] | None = None
-                   ) -> ObservableSet:
-    """The set registered for the target name, else for the kind ('particles', 'lattice')."""
-    key = target_name if target_name in OBSERVABLE_SETS else kind
-    return OBSERVABLE_SETS.get(key)(params)
+def observable_set(target_name: str, kind: str, spec: Mapping[str, Any] | None = None,
+                   config_key: str | None = None) -> ObservableSet:
+    """The set named in `spec` ({'name', 'params'}, config systems.<s>.observables), by
+    default the one registered for the target name, else for the kind."""
+    spec = dict(spec or {})
+    name = spec.get("name") or (target_name if target_name in OBSERVABLE_SETS else kind)
+    return OBSERVABLE_SETS.build(name, spec.get("params", {}), config_key=config_key)
 
 
 @OBSERVABLE_SETS.register("particles")
 class ParticleObservables(ObservableSet):
-    """Pair-distance histogram, mean pair distance and g(r). params: box (periodic length)."""
+    """Pair-distance histogram, mean pair distance and g(r).
+
+    box: periodic box length(s) (minimum-image distances; g(r) normalised by the box);
+    r_max: upper end of the distance histogram and g(r) (default: from the reference data).
+    """
 
     name = "particles"
+    captions = {
+        "observables": "Distribution of all interparticle distances.",
+        "correlations": "Radial distribution function g(r) (for clusters normalised by the "
+                        "ideal-gas shell volume in the ball of the largest plotted radius).",
+    }
+
+    def __init__(self, box: float | list[float] | None = None, r_max: float | None = None):
+        if r_max is not None and not r_max > 0:
+            raise ValueError(f"r_max must be > 0, got {r_max}")
+        self.box, self.r_max = box, r_max
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"box": self.box, "r_max": self.r_max}
 
     def scalars(self, x: Array, u: Array) -> dict[str, Array]:
         return {**super().scalars(x, u),
-                "mean_distance": pair_distances(x, self.params.get("box")).mean(1)}
+                "mean_distance": pair_distances(x, self.box).mean(1)}
 
     def prepare(self, xs: list[Array], us: list[Array], n_bins: int) -> Spec:
         spec = super().prepare(xs, us, n_bins)
-        box = self.params.get("box")
+        box = self.box
         d = [pair_distances(x, box) for x in xs]
-        edges = _edges(d, n_bins, lo=0.0)
+        edges = (np.linspace(0.0, self.r_max, n_bins + 1) if self.r_max is not None
+                 else _edges(d, n_bins, lo=0.0))
         edges[0] = 0.0
         spec.axes.update({"distance_hist": edges, "rdf": 0.5 * (edges[1:] + edges[:-1])})
         spec.labels.update({"distance_hist": "interparticle distance r", "rdf": "r"})
@@ -213,29 +149,60 @@ class ParticleObservables(ObservableSet):
         return spec
 
     def features(self, x: Array, u: Array, spec: Spec) -> dict[str, Feature]:
-        d = pair_distances(x, self.params.get("box"))
+        d = pair_distances(x, self.box)
         return {**super().features(x, u, spec), "mean_distance": d.mean(1),
                 "distance_hist": Binned.from_values(d, spec.axes["distance_hist"])}
 
     def finalize(self, m: dict[str, Array], spec: Spec) -> dict[str, Array]:
         edges = spec.axes["distance_hist"]
         dim = spec.meta["dim"]
-        vol = _volume(self.params.get("box"), dim, edges[-1])
+        vol = ball_or_box_volume(self.box, dim, edges[-1])
         return {**super().finalize(m, spec), "mean_distance": m["mean_distance"],
                 "distance_hist": m["distance_hist"] / np.diff(edges),
                 "rdf": rdf_from_pair_fractions(m["distance_hist"], edges, dim, vol)}
 
+    def plot_observables(self, fig, rw: dict[str, Any]) -> None:
+        hist_panel(fig.add_subplot(), rw, "distance_hist")
+
+    def plot_correlations(self, fig, rw: dict[str, Any]) -> None:
+        ax = fig.add_subplot()
+        curve_panel(ax, rw, "rdf", "g(r)")
+        ax.set_xlabel("r")
+
 
 @OBSERVABLE_SETS.register("ala2")
 class DihedralObservables(ObservableSet):
-    """Ramachandran phi/psi densities (1D and 2D). params: phi, psi (4 atom indices each)."""
+    """Ramachandran phi/psi densities (1D and 2D).
+
+    phi, psi: the four 0-based atom indices of each backbone dihedral (defaults: the 22-atom
+    alanine-dipeptide ordering of Noé et al. 2019, see features.ALA2_PHI / ALA2_PSI).
+    """
 
     name = "ala2"
     periodic = frozenset({"phi", "psi"})
+    captions = {
+        "observables": "Ramachandran free-energy surfaces F(φ, ψ) = -ln p (kT, minimum 0).",
+        "correlations": "Free-energy profiles of the backbone dihedrals φ and ψ.",
+    }
+    figure_sizes = {"observables": (12, 4), "correlations": (10, 4)}
+
+    def __init__(self, phi: list[int] | tuple[int, ...] = ALA2_PHI,
+                 psi: list[int] | tuple[int, ...] = ALA2_PSI):
+        for name, idx in (("phi", phi), ("psi", psi)):
+            if len(idx) != 4 or len(set(idx)) != 4 or min(idx) < 0:
+                raise ValueError(f"{name} must be 4 distinct atom indices >= 0, got {list(idx)}")
+        self.phi, self.psi = tuple(int(i) for i in phi), tuple(int(i) for i in psi)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"phi": list(self.phi), "psi": list(self.psi)}
 
     def _angles(self, x: Array) -> tuple[Array, Array]:
-        return (dihedral(x, tuple(self.params.get("phi", ALA2_PHI))),
-                dihedral(x, tuple(self.params.get("psi", ALA2_PSI))))
+        n = x.shape[1]
+        if max(self.phi + self.psi) >= n:
+            raise ValueError(f"dihedral atom indices {self.phi}, {self.psi} exceed the "
+                             f"{n} atoms of the configurations")
+        return dihedral(x, self.phi), dihedral(x, self.psi)
 
     def scalars(self, x: Array, u: Array) -> dict[str, Array]:
         phi, psi = self._angles(x)
@@ -269,6 +236,13 @@ class DihedralObservables(ObservableSet):
                 "psi_hist": m["psi_hist"] / np.diff(spec.axes["psi_hist"]),
                 "rama_hist": m["rama_hist"].reshape(nb, nb) / (w * w)}
 
+    def plot_observables(self, fig, rw: dict[str, Any]) -> None:
+        ramachandran_panels(fig, rw, "rama_hist")
+
+    def plot_correlations(self, fig, rw: dict[str, Any]) -> None:
+        for ax, name in zip(fig.subplots(1, 2), ("phi_hist", "psi_hist")):
+            free_energy_profile(ax, rw, name)
+
 
 @OBSERVABLE_SETS.register("lattice")
 class LatticeObservables(ObservableSet):
@@ -276,6 +250,12 @@ class LatticeObservables(ObservableSet):
     function G_c(x), its zero-momentum projection C(t) and effective mass (fields [N, L, L])."""
 
     name = "lattice"
+    captions = {
+        "observables": "Distribution of the magnetisation M (site mean of the field).",
+        "correlations": "Connected zero-momentum correlator C(t) and effective mass "
+                        "arccosh[(C(t-1)+C(t+1))/2C(t)].",
+    }
+    figure_sizes = {"observables": (5.5, 4), "correlations": (10, 4)}
 
     def scalars(self, x: Array, u: Array) -> dict[str, Array]:
         m = magnetization(x)
@@ -309,6 +289,14 @@ class LatticeObservables(ObservableSet):
                 "susceptibility": vol * (m["m2"] - m["m"] ** 2),
                 "magnetization_hist": m["magnetization_hist"] / np.diff(spec.axes["magnetization_hist"]),
                 "correlator": c, "effective_mass": effective_mass(c)}
+
+    def plot_observables(self, fig, rw: dict[str, Any]) -> None:
+        hist_panel(fig.add_subplot(), rw, "magnetization_hist")
+
+    def plot_correlations(self, fig, rw: dict[str, Any]) -> None:
+        a1, a2 = fig.subplots(1, 2)
+        curve_panel(a1, rw, "correlator", "C(t) (zero momentum, connected)", logy=True)
+        curve_panel(a2, rw, "effective_mass", "effective mass")
 
 
 def state_indicators(states: Mapping[str, Mapping[str, Any]], scalars: Mapping[str, Array],

@@ -8,20 +8,19 @@ Every run gets the same five figures, so workflow outputs do not depend on the s
                     ala2: Ramachandran free-energy surfaces
   correlations.png  particles: g(r); lattice: correlator C(t) + effective mass;
                     ala2: φ and ψ free-energy profiles
-Kind-specific panels are chosen through the `PLOT_SETS` registry (keyed by observable set).
+The kind-specific figures are drawn by the run's observable set (analysis/observables.py).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..registry import Registry
+from ..io import atomic_output
 from .report import SOURCES
 
 FIGURES = ("energy", "weights", "training", "observables", "correlations")
@@ -29,23 +28,12 @@ STYLE = {"data": dict(color="k", label="reference data"),
          "flow": dict(color="tab:orange", label="flow (raw)"),
          "reweighted": dict(color="tab:blue", label="flow (reweighted)")}
 
-PanelFn = Callable[[Figure, dict[str, Any]], None]
-PLOT_SETS: Registry[dict[str, PanelFn]] = Registry("plot set")
-
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Write `fig` as PNG via a temporary file + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """Write `fig` as PNG atomically (temporary file + rename)."""
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def hist_panel(ax, rw: dict[str, Any], name: str, xlabel: str | None = None) -> None:
@@ -148,33 +136,12 @@ def _fes(p: np.ndarray, err: np.ndarray | None) -> tuple[np.ndarray, np.ndarray 
     return np.where(np.isfinite(f), f, np.nan), e
 
 
-# --------------------------------------------------------------------------- per kind
-
-def _particles_obs(fig: Figure, rw: dict[str, Any]) -> None:
-    hist_panel(fig.add_subplot(), rw, "distance_hist")
-
-
-def _particles_corr(fig: Figure, rw: dict[str, Any]) -> None:
-    ax = fig.add_subplot()
-    curve_panel(ax, rw, "rdf", "g(r)")
-    ax.set_xlabel("r")
-
-
-def _lattice_obs(fig: Figure, rw: dict[str, Any]) -> None:
-    hist_panel(fig.add_subplot(), rw, "magnetization_hist")
-
-
-def _lattice_corr(fig: Figure, rw: dict[str, Any]) -> None:
-    a1, a2 = fig.subplots(1, 2)
-    curve_panel(a1, rw, "correlator", "C(t) (zero momentum, connected)", logy=True)
-    curve_panel(a2, rw, "effective_mass", "effective mass")
-
-
-def _ala2_obs(fig: Figure, rw: dict[str, Any]) -> None:
-    edges = rw["axes"]["rama_hist"]
+def ramachandran_panels(fig: Figure, rw: dict[str, Any], name: str) -> None:
+    """F(φ, ψ) = -ln p (kT, min 0) of a 2D angle histogram `name`, one panel per source."""
+    edges = rw["axes"][name]
     axes = fig.subplots(1, 3)
     for ax, s in zip(axes, SOURCES):
-        f, _ = _fes(rw[s]["rama_hist"], None)
+        f, _ = _fes(rw[s][name], None)
         im = ax.pcolormesh(edges, edges, f.T, cmap="viridis", vmin=0, vmax=10)
         ax.set_title(STYLE[s]["label"], fontsize=9)
         ax.set_xlabel("φ [deg]")
@@ -182,37 +149,33 @@ def _ala2_obs(fig: Figure, rw: dict[str, Any]) -> None:
     fig.colorbar(im, ax=list(axes), label="free energy [kT]")
 
 
-def _ala2_corr(fig: Figure, rw: dict[str, Any]) -> None:
-    for ax, name in zip(fig.subplots(1, 2), ("phi_hist", "psi_hist")):
-        edges = rw["axes"][name]
-        c = 0.5 * (edges[1:] + edges[:-1])
-        for s in SOURCES:
-            f, e = _fes(rw[s][name], rw[s].get(f"{name}_err"))
-            ax.errorbar(c, f, yerr=e, ms=2, marker="o", capsize=1, **STYLE[s])
-        ax.set_xlabel(rw["labels"].get(name, name))
-        ax.set_ylabel("free energy [kT]")
-        ax.legend(fontsize=8, loc="upper right")
-
-
-PLOT_SETS.register("particles")(lambda: {"observables": _particles_obs,
-                                         "correlations": _particles_corr})
-PLOT_SETS.register("lattice")(lambda: {"observables": _lattice_obs, "correlations": _lattice_corr})
-PLOT_SETS.register("ala2")(lambda: {"observables": _ala2_obs, "correlations": _ala2_corr})
+def free_energy_profile(ax, rw: dict[str, Any], name: str) -> None:
+    """F = -ln p (kT, min 0) of a 1D histogram `name` for the three sources, ±1σ."""
+    edges = rw["axes"][name]
+    c = 0.5 * (edges[1:] + edges[:-1])
+    for s in SOURCES:
+        f, e = _fes(rw[s][name], rw[s].get(f"{name}_err"))
+        ax.errorbar(c, f, yerr=e, ms=2, marker="o", capsize=1, **STYLE[s])
+    ax.set_xlabel(rw["labels"].get(name, name))
+    ax.set_ylabel("free energy [kT]")
+    ax.legend(fontsize=8, loc="upper right")
 
 
 def render_run(rw: dict[str, Any], metrics: dict[str, Any], log: dict[str, np.ndarray],
-               out_dir: str | os.PathLike) -> list[Path]:
-    """Write the five figures of one run into out_dir; returns their paths (FIGURES order)."""
+               out_dir: str | os.PathLike, observables) -> list[Path]:
+    """Write the five figures of one run into out_dir; returns their paths (FIGURES order).
+
+    observables: the run's ObservableSet, which draws the 'observables' and 'correlations'
+    figures (analysis/observables.py)."""
     out_dir = Path(out_dir)
-    panels = PLOT_SETS.build(rw["attrs"].get("observable_set", "particles"))
     run = str(metrics.get("run", ""))
     figs = {"energy": energy_figure(rw, metrics), "weights": weights_figure(rw, metrics),
             "training": training_figure(log, run)}
+    draw = {"observables": observables.plot_observables,
+            "correlations": observables.plot_correlations}
     for name in ("observables", "correlations"):
-        fig = Figure(layout="constrained", figsize=(12, 4) if (name == "observables" and "rama_hist" in rw["axes"])
-                     else (10, 4) if "correlator" in rw["axes"] or "phi_hist" in rw["axes"]
-                     else (5.5, 4))
-        panels[name](fig, rw)
+        fig = Figure(layout="constrained", figsize=observables.figure_sizes[name])
+        draw[name](fig, rw)
         fig.suptitle(f"{run}: {name}", fontsize=10)
         figs[name] = fig
     return [save_figure(figs[n], out_dir / f"{n}.png") for n in FIGURES]

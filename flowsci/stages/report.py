@@ -8,13 +8,15 @@ and free energies, data / flow / reweighted ± bootstrap error). Across runs:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .. import paths
+from ..analysis.observables import OBSERVABLE_SETS, ObservableSet
 from ..analysis.plots import render_run
 from ..analysis.report import (observable_rows, read_metrics, read_reweight, read_train_log,
                                summary_row, write_csv, write_html_table)
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 
 def report(config: dict, runs: list[str] | None = None, out_dir: str | None = None,
@@ -28,7 +30,6 @@ def report(config: dict, runs: list[str] | None = None, out_dir: str | None = No
     unknown = [r for r in runs if r not in config["runs"]]
     if unknown:
         raise ConfigError(f"unknown run(s) {unknown}; the config has {', '.join(config['runs'])}")
-    base = Path(out_dir) if out_dir else Path(config["results_dir"])
     written: list[Path] = []
     rows = []
     for run in runs:
@@ -38,12 +39,23 @@ def report(config: dict, runs: list[str] | None = None, out_dir: str | None = No
             continue
         rw = read_reweight(paths.reweight_file(config, run))
         log = read_train_log(paths.train_log(config, run))
-        run_out = paths.run_dir(config, run)
-        written += render_run(rw, metrics, log, paths.figures_dir(config, run))
+        obs = observables_of(rw, paths.reweight_file(config, run))
+        written += render_run(rw, metrics, log, paths.figures_dir(config, run), obs)
         table = observable_rows(metrics)
-        written.append(write_csv(run_out / "table.csv", table))
-        written.append(write_html_table(run_out / "table.html", table,
+        html_path, csv_path = paths.table_files(config, run)
+        written.append(write_csv(csv_path, table))
+        written.append(write_html_table(html_path, table,
                                         f"{run} ({config['runs'][run]['system']})"))
     if summary:
-        written.append(write_csv(base / "summary.csv", rows))
+        written.append(write_csv(paths.summary_file(config, out_dir), rows))
     return written
+
+
+def observables_of(rw: dict, path: Path) -> ObservableSet:
+    """The observable set (name and params) that wrote reweight results `rw` read from `path`."""
+    attrs = rw["attrs"]
+    name = attrs.get("observable_set")
+    if not name:
+        raise DataError(f"{path}: no observable_set attribute (rerun `flowsci reweight`)")
+    params = json.loads(attrs.get("observable_params") or "{}")
+    return OBSERVABLE_SETS.build(name, params, config_key=f"{path}: observable_set")

@@ -7,23 +7,48 @@ split), on the raw flow samples, and on the flow samples reweighted to the targe
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+import torch
 
 from .. import paths
-from ..analysis.observables import ObservableSet, observable_set, state_indicators
+from ..analysis.observables import ObservableSet, Spec, observable_set, state_indicators
 from ..analysis.report import read_train_log, training_summary
 from ..data.hdf5 import provenance, sha256_of, write_h5
 from ..errors import ConfigError, DataError
 from ..io import atomic_output
-from ..reweighting import (estimate, independence_mh, ess_fraction, free_energy_differences, kish_ess,
-                           log_mean_weight, log_weights, normalized_log_weights, pareto_khat,
-                           top_weights)
+from ..reweighting import (Estimate, IndependenceMH, ess_fraction, estimate,
+                           free_energy_differences, independence_mh, kish_ess, log_mean_weight,
+                           log_weights, normalized_log_weights, pareto_khat, top_weights)
+from ..systems import build_target
 
-SOURCES = ("data", "flow", "reweighted")
+@dataclass
+class ReweightInputs:
+    """What the reweight stage reads: gathered flow samples, the reference (test split of
+    data.h5, energies rescored where they came from a user's file) and the observable set."""
+
+    samples: dict[str, Any]
+    samples_path: Path
+    reference: dict[str, Any]
+    data_path: Path
+    observables: ObservableSet
+
+
+@dataclass
+class ReweightResults:
+    """Estimates per source ('data', 'flow', 'reweighted') and the weights they used."""
+
+    keep: np.ndarray  # [N] finite flow samples
+    log_w: np.ndarray  # [N_keep] unnormalised log-weights
+    energies: np.ndarray  # [N_keep] reduced energies
+    spec: Spec
+    observables: dict[str, dict[str, Estimate]]
+    free_energies: dict[str, dict[str, Estimate]]
+    mh: IndependenceMH | None
 
 
 def reweight(config: dict, run: str, samples: str | None = None, data: str | None = None,
@@ -31,70 +56,100 @@ def reweight(config: dict, run: str, samples: str | None = None, data: str | Non
     """Reweight the run's gathered samples; returns the path of reweight.h5.
 
     samples / data default to the paths in flowsci.paths; out_dir to the run directory
-    (metrics.json is written next to reweight.h5).
+    (metrics.json is written next to reweight.h5). Settings: runs.<run>.reweighting.
     """
     if run not in config["runs"]:
         raise ConfigError(f"run {run!r} is not in the config ({', '.join(config['runs'])})")
+    inputs = load_inputs(config, run, samples, data)
+    results = estimate_all(inputs, config["runs"][run]["reweighting"])
+    out = Path(out_dir) if out_dir else paths.run_dir(config, run)
+    return write_outputs(config, run, inputs, results, out)
+
+
+def load_inputs(config: dict, run: str, samples: str | None = None,
+                data: str | None = None) -> ReweightInputs:
+    """Read and check the stage's inputs (DataError naming the file on any mismatch)."""
     spec = config["runs"][run]
     system = spec["system"]
-    rw = {"n_bootstrap": 200, "seed": 2, "n_bins": 50, "states": {}, "mh_steps": 0,
-          **spec.get("reweighting", {})}
+    sys_spec = config["systems"][system]
     samples_path = Path(samples) if samples else paths.samples_file(config, run)
     data_path = Path(data) if data else paths.data_file(config, system)
-    out = (Path(out_dir) if out_dir else paths.run_dir(config, run))
+    target = build_target(sys_spec["target"], f"systems.{system}.target")
     flow = read_samples(samples_path)
-    ref = read_reference(data_path, config["systems"][system]["target"])
+    ref = read_reference(data_path, target)
+    for path, arr in ((samples_path, flow["x"]), (data_path, ref["x"])):
+        if tuple(arr.shape[1:]) != tuple(target.event_shape):
+            raise DataError(f"{path}: configurations of shape {tuple(arr.shape[1:])}, but target "
+                            f"{target.name} (systems.{system}.target) has event shape "
+                            f"{tuple(target.event_shape)}")
+    obs = observable_set(sys_spec["target"]["name"], target.kind, sys_spec.get("observables"),
+                         config_key=f"systems.{system}.observables")
+    return ReweightInputs(flow, samples_path, ref, data_path, obs)
 
-    target_spec = config["systems"][system]["target"]
-    obs = observable_set(target_spec["name"], ref["kind"])
+
+def estimate_all(inputs: ReweightInputs, settings: dict) -> ReweightResults:
+    """Observables (and free energies of `settings['states']`) on the reference data, the raw
+    flow samples and the reweighted flow samples, with bootstrap errors; the MH chain."""
+    flow, ref, obs = inputs.samples, inputs.reference, inputs.observables
     keep = np.isfinite(flow["energies"]) & np.isfinite(flow["log_q"])
     x, u, log_q = flow["x"][keep], flow["energies"][keep], flow["log_q"][keep]
     if len(x) == 0:
-        raise DataError(f"{samples_path}: no sample has a finite energy and log_q")
+        raise DataError(f"{inputs.samples_path}: no sample has a finite energy and log_q")
     lw = log_weights(u, log_q)
-    n_boot, seed = int(rw["n_bootstrap"]), int(rw["seed"])
-
-    sp = obs.prepare([ref["x"], x], [ref["u"], u], int(rw["n_bins"]))
+    n_boot, seed = int(settings["n_bootstrap"]), int(settings["seed"])
+    try:
+        sp = obs.prepare([ref["x"], x], [ref["u"], u], int(settings["n_bins"]))
+    except ValueError as e:
+        raise DataError(f"{inputs.samples_path}: observable set {obs.name!r}: {e}") from None
     sources = {"data": (ref["x"], ref["u"], None), "flow": (x, u, None), "reweighted": (x, u, lw)}
-    results: dict[str, dict[str, Any]] = {}
-    free: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Estimate]] = {}
+    free: dict[str, dict[str, Estimate]] = {}
     for name, (xs, us, w) in sources.items():
         results[name] = estimate(obs.features(xs, us, sp), w, n_boot=n_boot, seed=seed,
                                  finalize=lambda m: obs.finalize(m, sp))
-        if rw["states"]:
-            ind = _indicators(rw["states"], obs, xs, us)
+        if settings["states"]:
+            ind = _indicators(settings["states"], obs, xs, us)
             free[name] = free_energy_differences(ind, w, n_boot=n_boot, seed=seed)
+    mh = (independence_mh(log_q, u, int(settings["mh_steps"]), seed=seed)
+          if int(settings["mh_steps"]) > 0 else None)
+    return ReweightResults(keep, lw, u, sp, results, free, mh)
 
-    metrics = _metrics(config, run, flow, keep, lw, results, free, n_boot, seed)
-    mh_group: dict[str, np.ndarray] = {}
-    if int(rw["mh_steps"]) > 0:
-        mh = independence_mh(log_q, u, int(rw["mh_steps"]), seed=seed)
-        chain_u = u[mh.chain]
-        tau = mh.tau if np.isfinite(mh.tau) else 1.0
-        metrics["mh"] = {"steps": int(len(mh.chain)), "acceptance": mh.acceptance,
-                         "tau": _num(mh.tau), "mean_energy": float(chain_u.mean()),
-                         "mean_energy_err": float(chain_u.std(ddof=1) * np.sqrt(tau / len(chain_u)))
-                         if len(chain_u) > 1 else None}
-        mh_group = {"chain": mh.chain, "energy": chain_u}
 
-    groups: dict[str, dict[str, np.ndarray]] = {"axes": sp.axes}
-    for name, res in results.items():
-        g = {k: e.value for k, e in res.items()}
-        g.update({f"{k}_err": e.err for k, e in res.items()})
-        for st, e in free.get(name, {}).items():
+def write_outputs(config: dict, run: str, inputs: ReweightInputs, res: ReweightResults,
+                  out: Path) -> Path:
+    """reweight.h5 (weights, estimates, axes, MH chain) and metrics.json, both atomically."""
+    spec = config["runs"][run]
+    system = spec["system"]
+    rw = spec["reweighting"]
+    metrics = _metrics(config, run, inputs.samples, res, int(rw["n_bootstrap"]), int(rw["seed"]))
+    groups: dict[str, dict[str, np.ndarray]] = {"axes": res.spec.axes}
+    for name, est in res.observables.items():
+        g = {k: e.value for k, e in est.items()}
+        g.update({f"{k}_err": e.err for k, e in est.items()})
+        for st, e in res.free_energies.get(name, {}).items():
             g[f"free_energy_{st}"], g[f"free_energy_{st}_err"] = e.value, e.err
         groups[name] = g
-    if mh_group:
-        groups["mh"] = mh_group
+    if res.mh is not None:
+        chain_u = res.energies[res.mh.chain]
+        tau = res.mh.tau if np.isfinite(res.mh.tau) else 1.0
+        metrics["mh"] = {"steps": int(len(res.mh.chain)), "acceptance": res.mh.acceptance,
+                         "tau": _num(res.mh.tau), "mean_energy": float(chain_u.mean()),
+                         "mean_energy_err": float(chain_u.std(ddof=1) * np.sqrt(tau / len(chain_u)))
+                         if len(chain_u) > 1 else None}
+        groups["mh"] = {"chain": res.mh.chain, "energy": chain_u}
     attrs = provenance("reweight", system, units="reduced",
                        temperature=config["systems"][system].get("temperature"),
-                       source={"samples": str(samples_path), "samples_sha256": sha256_of(samples_path),
-                               "data": str(data_path), "data_sha256": sha256_of(data_path)},
+                       source={"samples": str(inputs.samples_path),
+                               "samples_sha256": sha256_of(inputs.samples_path),
+                               "data": str(inputs.data_path),
+                               "data_sha256": sha256_of(inputs.data_path)},
                        config=spec)
-    attrs.update({"run": run, "observable_set": obs.name, "labels": json.dumps(sp.labels),
-                  "n_bootstrap": n_boot})
-    path = write_h5(out / "reweight.h5", {"log_weights": normalized_log_weights(lw),
-                                          "energies": u}, attrs, groups=groups)
+    obs = inputs.observables
+    attrs.update({"run": run, "observable_set": obs.name,
+                  "observable_params": json.dumps(obs.params, sort_keys=True),
+                  "labels": json.dumps(res.spec.labels), "n_bootstrap": int(rw["n_bootstrap"])})
+    path = write_h5(out / "reweight.h5", {"log_weights": normalized_log_weights(res.log_w),
+                                          "energies": res.energies}, attrs, groups=groups)
     with atomic_output(out / "metrics.json") as tmp:
         Path(tmp).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_num))
     return path
@@ -120,7 +175,7 @@ def read_samples(path: Path) -> dict[str, Any]:
     return out
 
 
-def read_reference(path: Path, target_spec: dict) -> dict[str, Any]:
+def read_reference(path: Path, target) -> dict[str, Any]:
     """Test split of data.h5 (all frames if no test split): x, reduced energies u, kind."""
     if not path.exists():
         raise DataError(f"{path}: data file missing (run `flowsci preprocess` first)")
@@ -144,7 +199,7 @@ def read_reference(path: Path, target_spec: dict) -> dict[str, Any]:
     # Energies read from a user's file may come from another potential or energy zero, while
     # flow samples are scored with the target: recompute those with the target.
     if u is None or "path" in source:
-        u = _energies(x, target_spec)
+        u = _energies(x, target)
     return {"x": x, "u": np.asarray(u, dtype=float), "kind": kind}
 
 
@@ -152,12 +207,7 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _energies(x: np.ndarray, target_spec: dict, batch: int = 4096) -> np.ndarray:
-    import torch
-
-    from ..systems import build_target
-
-    target = build_target(target_spec)
+def _energies(x: np.ndarray, target, batch: int = 4096) -> np.ndarray:
     with torch.no_grad():
         return np.concatenate([target.energy(torch.as_tensor(x[i:i + batch])).double().numpy()
                                for i in range(0, len(x), batch)])
@@ -170,22 +220,17 @@ def _indicators(states: dict, obs: ObservableSet, x: np.ndarray, u: np.ndarray) 
         raise ConfigError(f"reweighting.states: {e}") from None
 
 
-def _metrics(config: dict, run: str, flow: dict, keep: np.ndarray, lw: np.ndarray,
-             results: dict, free: dict, n_boot: int, seed: int) -> dict[str, Any]:
+def _metrics(config: dict, run: str, flow: dict, res: ReweightResults, n_boot: int,
+             seed: int) -> dict[str, Any]:
     spec = config["runs"][run]
     attrs = flow["attrs"]
+    lw, keep = res.log_w, res.keep
     rng = np.random.default_rng(seed)
     boots = [log_mean_weight(lw[rng.integers(0, len(lw), len(lw))]) for _ in range(n_boot)]
     train = training_summary(read_train_log(paths.train_log(config, run)))
-    solver = attrs.get("solver")
-    if isinstance(solver, str):
-        try:
-            solver = json.loads(solver)
-        except json.JSONDecodeError:
-            solver = {}
     m: dict[str, Any] = {
         "run": run, "system": spec["system"], "model": spec["model"]["name"],
-        "objective": spec.get("training", {}).get("objective", {}).get("name"),
+        "objective": spec["training"]["objective"]["name"],
         "n_samples": int(len(keep)), "n_failed": int(attrs.get("n_failed", 0)),
         "n_nonfinite": int((~keep).sum()), "ess": kish_ess(lw), "ess_fraction": ess_fraction(lw),
         "pareto_k": pareto_khat(lw), "max_weight": float(top_weights(lw, 1)[0]),
@@ -194,15 +239,15 @@ def _metrics(config: dict, run: str, flow: dict, keep: np.ndarray, lw: np.ndarra
         "test_nll": _num(attrs.get("test_nll")), **train,
         # wall time of the optimisation itself, recorded by the train stage (survives resumes)
         **({"training_time_s": _num(attrs["train_seconds"])} if "train_seconds" in attrs else {}),
-        "sample_nfe": _num(attrs.get("nfe", (solver or {}).get("nfe") if isinstance(solver, dict) else None)),
+        "sample_nfe": _num(attrs.get("nfe")), "exact_method": attrs.get("exact_method"),
         "observables": {}, "free_energies": {},
     }
-    for src, res in results.items():
-        for k, e in res.items():
+    for src, est in res.observables.items():
+        for k, e in est.items():
             if np.ndim(e.value) == 0:
                 d = m["observables"].setdefault(k, {})
                 d[src], d[f"{src}_err"] = _num(e.value), _num(e.err)
-    for src, fe in free.items():
+    for src, fe in res.free_energies.items():
         for st, e in fe.items():
             d = m["free_energies"].setdefault(st, {"reference": next(iter(fe))})
             d[src], d[f"{src}_err"] = _num(e.value), _num(e.err)

@@ -1,4 +1,5 @@
-# Shared helpers: config validation (same schema as the CLI), paths and the CLI prefix.
+# Shared helpers: config validation (same schema as the CLI), stage-file patterns (P, from
+# flowsci.paths) and the CLI prefix.
 import json
 import sys
 from pathlib import Path
@@ -6,9 +7,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))  # the repo's flowsci, even if not installed
 
 from flowsci.config import dump_config, validate_config
+from flowsci.paths import rule_path
 
 config = validate_config(config, source="snakemake config")
 RESULTS = config["results_dir"]
+
+
+def P(name):
+    """The pattern of stage file `name` from flowsci.paths (the stages' own spelling)."""
+    return rule_path(name, RESULTS)
+
+
 RUNS = list(config["runs"])
 SYSTEMS = list(config["systems"])
 # The CLI reads the exact (validated, overridden) config that Snakemake uses.
@@ -59,40 +68,3 @@ def preprocess_inputs(wildcards):
     """The user's raw input file, when the system is read from one."""
     data = config["systems"][wildcards.system]["data"]
     return [data["input"]["path"]] if data["source"] == "file" else []
-
-
-# ---- report helpers (report.smk)
-REPORT_FIGURES = {  # file stem -> report category (same five figures for every system kind)
-    "energy": "1. Energy",
-    "weights": "2. Importance weights",
-    "training": "3. Training",
-    "observables": "4. Structure",
-    "correlations": "5. Correlations",
-}
-
-
-def _rp_labels(wildcards):
-    spec = config["runs"][wildcards.run]
-    objective = spec.get("training", {}).get("objective", {}).get("name", "likelihood")
-    return {"system": wildcards.system, "run": wildcards.run,
-            "model": spec["model"]["name"], "objective": objective}
-
-
-def _rp_figure(stem):
-    return report(
-        f"{RESULTS}/{{system}}/{{run}}/figures/{stem}.png",
-        caption=f"../report/{stem}.rst",
-        category=REPORT_FIGURES[stem],
-        subcategory="{system}",
-        labels=_rp_labels,
-    )
-
-
-def report_outputs():
-    """Every final output of the report stage (for the Snakefile's `rule all`)."""
-    outs = [f"{RESULTS}/summary.csv"]
-    for r in RUNS:
-        d = f"{RESULTS}/{system_of(r)}/{r}"
-        outs += [f"{d}/figures/{stem}.png" for stem in REPORT_FIGURES]
-        outs += [f"{d}/table.html", f"{d}/table.csv"]
-    return outs

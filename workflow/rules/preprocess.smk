@@ -5,7 +5,7 @@ rule preprocess:
     input:
         preprocess_inputs,
     output:
-        f"{RESULTS}/{{system}}/data.h5",
+        P("data"),
     params:
         spec=section("systems", "{system}"),
         cmd=flowsci_cmd("preprocess"),

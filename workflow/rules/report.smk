@@ -1,21 +1,26 @@
 # report: per-run figures + tables (flowsci report --run R --no-summary) and summary.csv
 # across runs (flowsci report --summary-only). Figures and tables are report() outputs, so
 # `snakemake --report report.html` renders a self-contained report.
-# Needs from common.smk: RESULTS, RUNS, config, flowsci_cmd(stage), system_of(run).
+# Needs from common.smk: P, RUNS, config, flowsci_cmd(stage), system_of(run).
+
+
+include: "report_helpers.smk"
+
+
 rule report_run:
     input:
-        h5=f"{RESULTS}/{{system}}/{{run}}/reweight.h5",
-        metrics=f"{RESULTS}/{{system}}/{{run}}/metrics.json",
+        h5=P("reweight"),
+        metrics=P("metrics"),
     output:
         **{stem: _rp_figure(stem) for stem in REPORT_FIGURES},
         table=report(
-            f"{RESULTS}/{{system}}/{{run}}/table.html",
+            P("table_html"),
             caption="../report/table.rst",
             category="6. Observables",
             subcategory="{system}",
             labels=_rp_labels,
         ),
-        csv=f"{RESULTS}/{{system}}/{{run}}/table.csv",
+        csv=P("table_csv"),
     log:
         f"{RESULTS}/{{system}}/{{run}}/logs/report.log",
     benchmark:
@@ -24,16 +29,17 @@ rule report_run:
         "../../envs/flowsci.yaml"
     params:
         cmd=flowsci_cmd("report"),
+        captions=_rp_captions,
     shell:
         "{params.cmd} --run {wildcards.run} --no-summary > {log} 2>&1"
 
 
 rule report_summary:
     input:
-        [f"{RESULTS}/{system_of(r)}/{r}/metrics.json" for r in RUNS],
+        [P("metrics").format(system=system_of(r), run=r) for r in RUNS],
     output:
         report(
-            f"{RESULTS}/summary.csv",
+            P("summary"),
             caption="../report/summary.rst",
             category="0. Summary",
             labels={"table": "all runs"},

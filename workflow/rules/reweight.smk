@@ -1,12 +1,12 @@
 # reweight: samples.h5 + data.h5 -> reweight.h5 + metrics.json  (flowsci reweight)
-# Needs from common.smk: RESULTS, RUNS, config, flowsci_cmd(stage).
+# Needs from common.smk: P, config, flowsci_cmd(stage).
 rule reweight:
     input:
-        samples=f"{RESULTS}/{{system}}/{{run}}/samples.h5",
-        data=f"{RESULTS}/{{system}}/data.h5",
+        samples=P("samples"),
+        data=P("data"),
     output:
-        h5=f"{RESULTS}/{{system}}/{{run}}/reweight.h5",
-        metrics=f"{RESULTS}/{{system}}/{{run}}/metrics.json",
+        h5=P("reweight"),
+        metrics=P("metrics"),
     log:
         f"{RESULTS}/{{system}}/{{run}}/logs/reweight.log",
     benchmark:
@@ -14,7 +14,9 @@ rule reweight:
     conda:
         "../../envs/flowsci.yaml"
     params:
-        spec=section("runs", "{run}", "reweighting"),
+        spec=lambda w: json.dumps([config["runs"][w.run]["reweighting"],
+                                   config["systems"][w.system].get("observables", {})],
+                                  sort_keys=True),
         cmd=flowsci_cmd("reweight"),
     shell:
         "{params.cmd} --run {wildcards.run} > {log} 2>&1"

@@ -3,11 +3,11 @@
 
 rule sample_shard:
     input:
-        f"{RESULTS}/{{system}}/{{run}}/model.pt",
+        P("model"),
     output:
-        f"{RESULTS}/{{system}}/{{run}}/samples/shard-{{shard}}.h5",
+        P("shard"),
     params:
-        spec=section("runs", "{run}", "sampling"),
+        spec=run_section("sampling", "flow"),
         cmd=flowsci_cmd("sample"),
     wildcard_constraints:
         shard=r"\d+",
@@ -26,11 +26,9 @@ rule sample_shard:
 
 rule sample_gather:
     input:
-        lambda w: expand(
-            f"{RESULTS}/{w.system}/{w.run}/samples/shard-{{i}}.h5", i=range(n_shards(w.run))
-        ),
+        lambda w: expand(P("shard"), system=w.system, run=w.run, shard=range(n_shards(w.run))),
     output:
-        f"{RESULTS}/{{system}}/{{run}}/samples.h5",
+        P("samples"),
     log:
         f"{RESULTS}/{{system}}/{{run}}/logs/sample-gather.log",
     benchmark:

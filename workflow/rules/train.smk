@@ -5,9 +5,9 @@
 
 rule train:
     input:
-        f"{RESULTS}/{{system}}/data.h5",
+        P("data"),
     output:
-        model=f"{RESULTS}/{{system}}/{{run}}/model.pt",
+        model=P("model"),
     params:
         spec=run_section("model", "prior", "flow", "training"),
         cmd=flowsci_cmd("train"),
