@@ -226,6 +226,8 @@ def test_trace_strategy_is_chosen_once_and_oom_gets_advice(monkeypatch):
         raise RuntimeError("vmap: no batching rule for this op")
 
     monkeypatch.setattr("flowsci.flows.divergence.vjp_batched_divergence", failing)
+    monkeypatch.setattr("flowsci.flows.divergence.AUTOGRAD_ORDER",
+                        {"cpu": ("vjp_batched", "vjp_loop")})
     trace(field, t, x, False)
     trace(field, t, x, False)
     assert trace.method == "vjp_loop" and len(calls) == 1  # not re-tried at every evaluation
