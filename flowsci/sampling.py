@@ -6,10 +6,14 @@ samples are isolated; those are counted (never silently dropped) and the rest ke
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 from tqdm.auto import tqdm
+
+from .flows.base import Flow
+from .flows.cnf import CNF, SolverConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,26 @@ def sample_exact(flow, target, n: int, batch_size: int, generator: torch.Generat
     cat = (lambda v: torch.cat(v) if v else torch.empty(0))
     nfe = (flow.nfe - nfe0) / max(solves, 1)
     return {"x": cat(xs), "log_q": cat(lqs), "energies": cat(us), "n_failed": failed, "nfe": nfe}
+
+
+REFERENCE_SOLVER = SolverConfig(method="dopri5", rtol=1e-9, atol=1e-9)
+
+
+def log_q_error(flow: Flow, x: torch.Tensor, log_q: torch.Tensor) -> float:
+    """max |log q - reference log q| over samples x [n, *event] (on CPU), the reference being
+    a float64 dopri5 solve at rtol = atol = 1e-9 of the same model; 0 for flows without an
+    ODE (their log q is exact up to round-off). nan if the reference solve fails."""
+    if not isinstance(flow, CNF) or len(x) == 0:
+        return 0.0
+    device = next(iter(flow.parameters()), torch.empty(0)).device
+    ref = copy.deepcopy(flow).double().with_solver(REFERENCE_SOLVER)
+    try:
+        with torch.no_grad():
+            exact = ref.log_prob(x.to(device, torch.float64)).cpu()
+    except (RuntimeError, AssertionError) as e:
+        log.warning("reference log q solve failed: %s", e)
+        return float("nan")
+    return float((exact - log_q.double()).abs().max())
 
 
 def _robust(flow, target, z: torch.Tensor):

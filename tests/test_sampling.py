@@ -8,6 +8,7 @@ import torch
 from flowsci import paths
 from flowsci.config import validate_config
 from flowsci.errors import DataError
+from flowsci.flows import SolverConfig
 from flowsci.flows.build import build_flow
 from flowsci.sampling import sample_exact
 from flowsci.stages import sample as sample_stage
@@ -108,3 +109,22 @@ def test_shard_index_out_of_range(tmp_path):
     cfg = _config(tmp_path)
     with pytest.raises(DataError, match="shard 5 out of range"):
         sample_stage.sample(cfg, "r", shard=5, progress=False)
+
+
+def test_shards_record_the_log_q_error_against_a_tight_float64_solve(tmp_path):
+    """The check is not vacuous: a coarse solver shows a larger error than a fine one, and
+    the recorded error matches an independent tight re-solve."""
+    errors = {}
+    for n_steps in (1, 16):
+        cfg = _config(tmp_path / str(n_steps), n_shards=1)
+        cfg["runs"]["r"]["flow"]["n_steps"] = n_steps
+        cfg["runs"]["r"]["sampling"]["check_samples"] = 5
+        arrays, attrs = _read(sample_stage.sample(cfg, "r", progress=False))
+        assert attrs["log_q_error_n"] == 5 and attrs["exact_method"] in ("vjp_loop", "vjp_batched")
+        errors[n_steps] = attrs["log_q_error"]
+        flow, _, _ = sample_stage.load_trained_flow(cfg, "r", torch.device("cpu"), torch.float64)
+        tight = flow.with_solver(SolverConfig(method="dopri5", rtol=1e-10, atol=1e-10))
+        ref = tight.log_prob(torch.as_tensor(arrays["x"][:5])).detach().numpy()
+        assert np.abs(ref - arrays["log_q"][:5]).max() == pytest.approx(errors[n_steps], rel=1e-3,
+                                                                         abs=1e-8)
+    assert errors[1] > 10 * errors[16] and errors[16] < 1e-3

@@ -134,6 +134,11 @@ class CNF(Flow):
     def nfe(self) -> int:
         return self._counter.n
 
+    def with_solver(self, solver: SolverConfig) -> "CNF":
+        """The same density model (shared field and prior) integrated with another solver."""
+        return CNF(self.field, self.prior, solver, self.train_solver, self.trace.requested,
+                   self.trace.chunk)
+
     @property
     def exact_method(self) -> str:
         """The exact-trace strategy in use ('auto' until the first exact solve chose one)."""

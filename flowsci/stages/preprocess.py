@@ -2,8 +2,9 @@
 
 data.source 'generate': a registered generator (GENERATORS) samples the target; generators with
 a `checkpoint` parameter checkpoint their chains next to the output and resume after a crash.
-data.source 'file': molecular trajectories (any ASE format, flowsci.data.molecular) or lattice
-fields (.npy/.npz/HDF5, flowsci.data.lattice), streamed and written in compressed chunks.
+data.source 'file': molecular trajectories (any ASE format, flowsci.data.molecular; MD engine
+formats DCD/XTC/TRR/NetCDF/... with a topology, flowsci.data.md_trajectory) or lattice fields
+(.npy/.npz/HDF5, flowsci.data.lattice), streamed and written in compressed chunks.
 The output is written to a temporary file, validated, then renamed: a failure leaves any
 existing file untouched. An existing output holding a different dataset (other config or
 input) is refused unless force=True; one holding the same dataset is kept as is.
@@ -22,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import paths
-from ..data import lattice, molecular
+from ..data import lattice, md_trajectory, molecular
 from ..data.generate import GENERATORS
 from ..data.hdf5 import (ChunkedWriter, atomic_output, h5_attr_value, make_splits, provenance,
                          sha256_of, validate_h5)
@@ -45,6 +46,12 @@ def preprocess(config: dict, system: str, out: str | None = None, force: bool = 
             raise DataError(f"{in_path}: input file does not exist (systems.{system}.data.input"
                             ".path)")
         source_sha = sha256_of(in_path, chunk=1 << 16)
+        if data["input"].get("topology"):  # the topology is part of the input
+            top = Path(data["input"]["topology"])
+            if not top.is_file():
+                raise DataError(f"{top}: topology file does not exist (systems.{system}.data."
+                                "input.topology)")
+            source_sha = f"{source_sha}+{sha256_of(top, chunk=1 << 16)}"
     fingerprint = _fingerprint(system, spec, source_sha)
     if out.exists() and not _may_write(out, fingerprint, force):
         return out
@@ -170,6 +177,13 @@ def _write_file(f: h5py.File, spec: dict, target, source_sha: str,
         bar.close()
         source.update(info)
         return info["n_frames"], {"field": "dimensionless", "action": "dimensionless"}, source
+    md_fmt = md_trajectory.md_format(path, inp.get("format"), inp.get("topology"))
+    if md_fmt is not None:
+        return _write_md(w, f, spec, target, md_fmt, sel, chunk, bar, source)
+    for key in ("atoms", "make_whole"):
+        if inp.get(key):
+            raise ConfigError(f"data.input.{key} applies to MD trajectories read with a topology "
+                              f"({', '.join(md_trajectory.FORMATS)}), not to {path.name}")
     meta = molecular.MolecularMeta(str(path), molecular.detect_format(path, inp.get("format")))
     n_expected = target.n_particles
     for block in molecular.stream_frames(
@@ -191,6 +205,41 @@ def _write_file(f: h5py.File, spec: dict, target, source_sha: str,
         f.create_dataset("pbc", data=meta.pbc)
     source.update(format=meta.format, n_frames=meta.n_frames, energies=bool(meta.has_energy),
                   forces=bool(meta.has_forces), remove_com=inp.get("remove_com", True))
+    return meta.n_frames, meta.units, source
+
+
+def _write_md(w: ChunkedWriter, f: h5py.File, spec: dict, target, fmt: str, sel: dict,
+              chunk: int, bar, source: dict) -> tuple[int, dict, dict]:
+    """An MD trajectory + topology (flowsci.data.md_trajectory) -> positions, cell, pbc."""
+    inp = spec["data"]["input"]
+    path = Path(inp["path"])
+    sha, _, top_sha = source["sha256"].partition("+")
+    atoms = inp.get("atoms")
+    if atoms is None:  # the target's own selection (openmm target param `atoms`) by default
+        atoms = getattr(target, "atom_selection", None)
+    meta = md_trajectory.MDMeta(str(path), fmt, str(inp["topology"]))
+    n_expected = target.n_particles
+    for block in md_trajectory.stream_md(
+            path, meta, length_unit=getattr(target, "length_unit", "reduced"),
+            units=inp.get("units"), atoms=atoms, **sel, remove_com=inp.get("remove_com", True),
+            chunk_frames=chunk, make_whole=inp.get("make_whole", False)):
+        if block["positions"].shape[1:] != (n_expected, target.dim):
+            raise DataError(f"{path}: {block['positions'].shape[1]} atoms selected "
+                            f"(data.input.atoms = {atoms!r}), target {target.name} has "
+                            f"{n_expected}")
+        for k, v in block.items():
+            w.append(k, v)
+        bar.update(len(block["positions"]))
+    bar.close()
+    _check_elements(path, meta.atomic_numbers, target)
+    f.create_dataset("atomic_numbers", data=meta.atomic_numbers)
+    if meta.has_cell:
+        f.create_dataset("pbc", data=meta.pbc)
+    source.update(sha256=sha, format=fmt, reader="mdtraj", n_frames=meta.n_frames,
+                  topology=str(inp["topology"]), topology_sha256=top_sha, atoms=atoms,
+                  n_atoms_file=meta.n_atoms_file, n_atoms_selected=len(meta.atom_indices),
+                  periodic=bool(meta.has_cell), make_whole=bool(inp.get("make_whole", False)),
+                  remove_com=inp.get("remove_com", True))
     return meta.n_frames, meta.units, source
 
 

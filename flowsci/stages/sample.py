@@ -21,7 +21,7 @@ from ..device import resolve_device, resolve_dtype
 from ..errors import DataError
 from ..flows.base import Flow
 from ..flows.build import build_flow
-from ..sampling import sample_exact
+from ..sampling import REFERENCE_SOLVER, log_q_error, sample_exact
 from ..systems import build_target
 from ..model_file import ModelFile, check_matches, load_model_file
 
@@ -87,6 +87,8 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
                        desc=f"sample {run} shard {shard}")
     if len(res["x"]) == 0:
         raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")
+    n_check = min(int(sp["check_samples"]), len(res["x"]))
+    err = log_q_error(flow, res["x"][:n_check], res["log_q"][:n_check])
     x = res["x"].double().numpy()
     log_q = res["log_q"].double().numpy()
     u = res["energies"].double().numpy()
@@ -98,7 +100,8 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
                  sampling=json.dumps(sp, sort_keys=True),
                  test_nll=float(model.test_nll), train_seconds=float(model.train_seconds),
                  train_steps=int(model.step), device=str(dev), nfe=res["nfe"],
-                 exact_method=flow.exact_method)
+                 exact_method=flow.exact_method, log_q_error=err, log_q_error_n=n_check,
+                 log_q_error_reference=json.dumps(vars(REFERENCE_SOLVER), sort_keys=True))
     arrays = {"x": x, "log_q": log_q, "energies": u, "log_weights": -u - log_q}
     write_h5(out, arrays, attrs)
     return out

@@ -6,7 +6,8 @@ centre of mass fixed (ase.constraints.FixCom). Velocities start from Maxwell-Bol
 temperature (no net momentum or rotation), `burn_in` steps are discarded, then one frame is
 kept every `thin` steps. Positions in Å; energies reduced, E / (kB T) with E in eV.
 Seeded by a numpy Generator(seed); resumable: every `checkpoint_every` frames the positions,
-momenta, RNG state and frames so far are saved next to the output and reused when rerun.
+momenta, RNG state (JSON) and frames so far are saved (HDF5, checkpoint.py) next to the output
+and reused when rerun. Diagnostics: the energy's autocorrelation time, ESS and split R-hat.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def ase_langevin(target, n_samples: int = 1000, burn_in: int = 1000, thin: int =
             atoms.positions = saved["positions"]
             atoms.set_momenta(saved["momenta"])
             rng.bit_generator.state = saved["rng"]
-            frames, energies = saved["frames"], saved["energies"]
+            frames, energies = list(saved["frames"]), list(saved["energies"])
         else:
             thermalize = getattr(vd, "thermalize_momenta", vd.MaxwellBoltzmannDistribution)
             thermalize(atoms, temperature_K=target.temperature, rng=rng)  # ASE >= 3.29 / older
@@ -67,8 +68,8 @@ def ase_langevin(target, n_samples: int = 1000, burn_in: int = 1000, thin: int =
             bar.update(1)
             if ckpt.due(len(frames)) and len(frames) < n_samples:
                 ckpt.save({"positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
-                           "rng": rng.bit_generator.state, "frames": frames,
-                           "energies": energies})
+                           "rng": rng.bit_generator.state, "frames": np.stack(frames),
+                           "energies": np.asarray(energies)})
         bar.close()
         return trajectory_data(target, frames, energies, {
             **settings, "sampler": "ase.md.langevin.Langevin", "calculator": target.calculator},

@@ -6,8 +6,10 @@ on the target's platform ('Reference' is deterministic). The structure is energy
 (if `minimize`), velocities drawn at the temperature, `burn_in` steps discarded, then one
 frame kept every `thin` steps. Positions in nm, energies reduced (U / kB T).
 OpenMM reads seed 0 as "choose at random", so seed s is passed to OpenMM as s + 1.
-Resumable: every `checkpoint_every` frames the OpenMM checkpoint (positions, velocities, RNG
-state) and the frames so far are saved next to the output and reused when rerun.
+Resumable: every `checkpoint_every` frames the OpenMM checkpoint (Context.createCheckpoint():
+positions, velocities, RNG state, as raw bytes) and the frames so far are saved (HDF5,
+checkpoint.py) next to the output and reused when rerun. Diagnostics: the energy's
+autocorrelation time, ESS and split R-hat (of the trajectory's two halves).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def openmm_md(target, n_samples: int = 1000, burn_in: int = 5000, thin: int = 25
         e_min = None
         if saved is not None:
             ctx.loadCheckpoint(saved["omm"])
-            frames, energies, e_min = saved["frames"], saved["energies"], saved["e_min"]
+            frames, energies = list(saved["frames"]), list(saved["energies"])
+            e_min = saved["e_min"]
         else:
             ctx.setPositions(target.positions0)
             if minimize:
@@ -65,8 +68,8 @@ def openmm_md(target, n_samples: int = 1000, burn_in: int = 5000, thin: int = 25
             energies.append(s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
             bar.update(1)
             if ckpt.due(len(frames)) and len(frames) < n_samples:
-                ckpt.save({"omm": ctx.createCheckpoint(), "frames": frames,
-                           "energies": energies, "e_min": e_min})
+                ckpt.save({"omm": ctx.createCheckpoint(), "frames": np.stack(frames),
+                           "energies": np.asarray(energies), "e_min": e_min})
         bar.close()
         return trajectory_data(target, frames, energies, {
             **settings, "sampler": "OpenMM LangevinMiddleIntegrator",
