@@ -7,13 +7,15 @@ The exact trace has several strategies, all equal to round-off (`TRACE_METHODS`)
   'vjp_loop'     a loop of D backward passes (FFJORD's way; works for every field)
   'jvp_vmap'     forward mode: torch.func.vmap of jvp over the basis, chunked
 `ExactTrace` picks one once per field ('auto': analytic when the field declares it, else the
-first autograd strategy that works) and keeps it; out-of-memory errors are never swallowed
-but re-raised with advice. Hutchinson estimates are for training only.
+fastest autograd strategy on the first real input, timed once each) and keeps it; an
+out-of-memory error is never swallowed but re-raised with advice. Hutchinson estimates are
+for training only.
 All functions take x: [B, *event] and return div: [B].
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -119,10 +121,12 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 TRACE_METHODS = ("analytic", "vjp_batched", "vjp_loop", "jvp_vmap")
-# Tried in this order by 'auto', per device type. CPU: measured in docs/benchmarks.md (the loop
-# of backward passes beats the batched VJP and forward mode for EGNN fields at batch 16-256);
-# CUDA: one batched pass keeps the GPU busy (to be confirmed by benchmarks/ on a GPU).
-AUTOGRAD_ORDER = {"cpu": ("vjp_loop", "vjp_batched"), "cuda": ("vjp_batched", "vjp_loop")}
+AUTOGRAD_METHODS = ("vjp_loop", "vjp_batched", "jvp_vmap")
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 class ExactTrace:
@@ -156,22 +160,30 @@ class ExactTrace:
             raise
 
     def _choose(self, field, t, x, create_graph):
-        if self.requested == "auto" and getattr(field, "analytic_divergence", False):
+        """'auto': the closed form if declared, else time each autograd strategy once on this
+        input and keep the fastest (which one wins depends on the field, batch and device)."""
+        if getattr(field, "analytic_divergence", False):
             self.method = "analytic"
             return self(field, t, x, create_graph)
-        last: RuntimeError | None = None
-        for method in AUTOGRAD_ORDER.get(x.device.type, AUTOGRAD_ORDER["cpu"]):
+        best, out, last = float("inf"), None, None
+        for method in AUTOGRAD_METHODS:
             try:
-                out = self._run(method, field, t, x, create_graph)
-            except RuntimeError as e:  # e.g. an op without a batching rule; never OOM
-                if is_out_of_memory(e):
-                    self.method = method
-                    return self(field, t, x, create_graph)
+                _sync(x)
+                t0 = time.perf_counter()
+                result = self._run(method, field, t, x, create_graph)
+                _sync(x)
+                seconds = time.perf_counter() - t0
+            except RuntimeError as e:  # no batching rule, or too much memory for this one
                 last = e
                 continue
-            self.method = method
-            return out
-        raise RuntimeError(f"no exact-trace strategy works for {type(field).__name__}") from last
+            if seconds < best:
+                best, out, self.method = seconds, result, method
+        if out is None:
+            if last is not None and is_out_of_memory(last):
+                self.method = AUTOGRAD_METHODS[0]
+                return self(field, t, x, create_graph)  # raises ResourceError with advice
+            raise RuntimeError(f"no exact-trace strategy works for {type(field).__name__}") from last
+        return out
 
     def _run(self, method: str, field, t, x, create_graph):
         if method == "analytic":
