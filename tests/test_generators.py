@@ -165,6 +165,7 @@ def test_ase_langevin_seeded_resumable_and_reduced(tmp_path):
     np.testing.assert_allclose(resumed.arrays["positions"], ref.arrays["positions"], atol=1e-10)
     u = t.energy(torch.as_tensor(ref.arrays["positions"])).numpy()
     np.testing.assert_allclose(ref.arrays["energies"], u, rtol=1e-10)
+    assert ref.info["energy_ess"] > 0 and "energy_rhat" in ref.info  # per-trajectory diagnostics
 
 
 def test_openmm_md_ala2(tmp_path):
@@ -176,6 +177,7 @@ def test_openmm_md_ala2(tmp_path):
     assert x.shape == (6, 22, 3)
     np.testing.assert_allclose(ref.arrays["energies"], t.energy(torch.as_tensor(x)).numpy(),
                                rtol=1e-8)
+    assert ref.info["energy_ess"] > 0 and "energy_rhat" in ref.info
     # the minimised energy is below the starting structure's
     assert ref.info["minimized_energy_kj_mol"] < t.energy(t.init_positions(1)).item() * t.kT
     # resumable: interrupted after a checkpoint, the rerun reproduces the same frames

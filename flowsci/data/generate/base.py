@@ -103,8 +103,11 @@ def run_chains(step: StepFn, state: dict[str, torch.Tensor],
             ckpt.ignore(str(e))
             start, kept = 0, {}
     bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, mininterval=1.0)
+    h = None
     for i in range(start, total):
-        state, acc, prob = step(state, adaptation.step_size(ad, i, n_adapt))
+        if h is None or i <= n_adapt:  # frozen after n_adapt steps
+            h = adaptation.step_size(ad, i, n_adapt)
+        state, acc, prob = step(state, h)
         if i < n_adapt:
             ad = adaptation.update(ad, i, prob, target_accept, step_size)
         if i >= burn_in:
