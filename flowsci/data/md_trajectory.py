@@ -104,8 +104,10 @@ def md_format(path: str | os.PathLike, fmt: str | None = None,
                         f"reads {', '.join(sorted(EXTENSIONS))} (data.input.format: "
                         f"{', '.join(FORMATS)})")
     if topology is None:
+        ase = " (an ASE-written one: set data.input.format: netcdftrajectory)" \
+            if name == "netcdf" else ""
         raise DataError(f"{path}: a {name.upper()} trajectory has no elements or atom names; "
-                        "set data.input.topology (PDB, prmtop, psf, gro, ...)")
+                        f"set data.input.topology (PDB, prmtop, psf, gro, ...){ase}")
     return name
 
 
@@ -116,8 +118,8 @@ def load_topology(topology: str | os.PathLike) -> Any:
     if not topology.is_file():
         raise DataError(f"{topology}: topology file does not exist (data.input.topology)")
     if _suffix(topology) not in TOPOLOGY_EXTENSIONS:
-        raise DataError(f"{topology}: unknown topology format {topology.suffix!r}; use one of "
-                        f"{', '.join(TOPOLOGY_EXTENSIONS)}")
+        raise DataError(f"{topology}: unknown topology format {topology.suffix!r} "
+                        f"(data.input.topology); use {', '.join(TOPOLOGY_EXTENSIONS)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -212,8 +214,8 @@ def stream_md(path: str | os.PathLike, meta: MDMeta, *, length_unit: str,
         raise DataError(f"{path}: bad frame selection start={start} stop={stop} stride={stride}")
     unknown = set(units or {}) - {"length", "energy"}
     if unknown or (units or {}).get("energy"):
-        raise ConfigError(f"data.input.units: {fmt} trajectories hold positions only; give "
-                          f"units.length at most (got {dict(units or {})})")
+        raise ConfigError(f"{path}: data.input.units: {fmt} trajectories are read as positions "
+                          f"only; give units.length at most (got {dict(units or {})})")
     top = load_topology(meta.topology)
     idx = select_atoms(top, atoms, f"{path} with topology {meta.topology}")
     meta.atom_indices = idx
@@ -223,7 +225,8 @@ def stream_md(path: str | os.PathLike, meta: MDMeta, *, length_unit: str,
     # MDTraj multiplied the stored numbers by length_factor(native, nm); undo, then convert
     c = U.length_factor(file_unit, length_unit) / U.length_factor(native, "nm")
     meta.units = {"input": {"length": file_unit, "format_native": native},
-                  "length": U.norm_length(length_unit), "energy": "kT", "length_factor": c}
+                  "length": U.norm_length(length_unit), "energy": "kT",
+                  "length_factor": U.length_factor(file_unit, length_unit)}
     f = _open(md, path, fmt, top.n_atoms)
     with f:
         meta.n_atoms_file = _file_atoms(f, path, fmt)

@@ -55,7 +55,7 @@ def preprocess(config: dict, system: str, out: str | None = None, force: bool = 
     fingerprint = _fingerprint(system, spec, source_sha)
     if out.exists() and not _may_write(out, fingerprint, force):
         return out
-    target = build_target(spec["target"])
+    target = build_target(spec["target"], f"systems.{system}.target")
     _check_temperature(system, spec, target)
     with atomic_output(out) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -130,7 +130,8 @@ def _write_generated(f: h5py.File, spec: dict, target, out: Path,
     context: dict[str, Any] = {"target": target}
     if "checkpoint" in inspect.signature(factory).parameters and "checkpoint" not in params:
         context["checkpoint"] = str(_checkpoint_path(out))
-    generated = GENERATORS.build(gen_spec["name"], params, **context)(progress=progress)
+    generated = GENERATORS.build(gen_spec["name"], params, config_key="data.generator",
+                                 **context)(progress=progress)
     arrays = dict(generated.arrays)
     main = "positions" if target.kind == "particles" else "fields"
     if main not in arrays:
