@@ -185,6 +185,9 @@ def test_streamed_input_has_bounded_memory(tmp_path, monkeypatch):
     """Peak memory does not grow with the number of frames; blocks never exceed chunk_frames."""
     n_atoms, chunk = 300, 10
     blocks = record_blocks(monkeypatch)
+    # warm-up: one-off allocations (lazy imports, caches) would otherwise land in one run only
+    (tmp_path / "warm").mkdir()
+    traced_peak(tmp_path / "warm", monkeypatch, 40, n_atoms, chunk)
     small = traced_peak(tmp_path, monkeypatch, 40, n_atoms, chunk)
     large = traced_peak(tmp_path, monkeypatch, 200, n_atoms, chunk)
     full_large = 200 * n_atoms * 3 * 8  # 1.44 MB of positions

@@ -44,7 +44,7 @@ def _config(tmp_path, run):
                                     "solver": {"method": "euler", "n_steps": 2},
                                     "steps": 3, "batch_size": 8, "val_every": 3,
                                     "val_samples": 4, "checkpoint_every": 3},
-                       "sampling": {"n_samples": 24, "batch_size": 12},
+                       "sampling": {"n_samples": 24, "batch_size": 12, "check_samples": 0},
                        "reweighting": {"n_bootstrap": 10, "mh_steps": 24}}}})
 
 
