@@ -241,6 +241,34 @@ def test_trace_strategy_is_chosen_once_and_oom_gets_advice(monkeypatch):
         ExactTrace()(field, t, x, False)  # also when every strategy runs out while choosing
 
 
+def test_out_of_memory_halves_the_trace_chunk_and_keeps_it(monkeypatch):
+    """A chunked strategy that runs out of memory retries with half the basis vectors per pass
+    (same exact result) and keeps the smaller chunk for later calls."""
+    from flowsci.flows import divergence
+
+    field, target = _field("egnn")
+    x = prior_for(target).double().sample(2).requires_grad_(True)
+    t = torch.tensor(0.3, dtype=D64)
+    real, chunks = divergence.vjp_batched_divergence, []
+
+    def limited(f, x, create_graph=False, chunk=None):
+        chunks.append(chunk)
+        if chunk is None or chunk > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(f, x, create_graph, chunk)
+
+    monkeypatch.setattr(divergence, "vjp_batched_divergence", limited)
+    trace = ExactTrace("vjp_batched")
+    f, div = trace(field, t, x, False)
+    torch.testing.assert_close(div, autograd_trace(field, t, x), rtol=1e-10, atol=1e-12)
+    D, halved = x[0].numel(), []
+    while not halved or halved[-1] > 2:
+        halved.append((halved[-1] if halved else D) // 2)
+    assert chunks == [None] + halved and trace.chunk == halved[-1] <= 2
+    trace(field, t, x, False)
+    assert chunks[-1] == trace.chunk and len(chunks) == len(halved) + 2  # no new OOM round
+
+
 def test_jvp_trace_supports_training_through_the_divergence():
     field, target = _field("egnn")
     x = prior_for(target).double().sample(3)

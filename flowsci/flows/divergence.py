@@ -7,14 +7,16 @@ The exact trace has several strategies, all equal to round-off (`TRACE_METHODS`)
   'vjp_loop'     a loop of D backward passes (FFJORD's way; works for every field)
   'jvp_vmap'     forward mode: torch.func.vmap of jvp over the basis, chunked
 `ExactTrace` picks one once per field ('auto': analytic when the field declares it, else the
-fastest autograd strategy on the first real input, timed once each) and keeps it; an
-out-of-memory error is never swallowed but re-raised with advice. Hutchinson estimates are
+fastest autograd strategy on the first real input, timed once each) and keeps it. On an
+out-of-memory error a chunked strategy halves its basis chunk and retries (kept for later
+calls); when nothing is left to halve, the error is re-raised with advice, never swallowed. Hutchinson estimates are
 for training only.
 All functions take x: [B, *event] and return div: [B].
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
@@ -23,6 +25,7 @@ import torch
 from ..errors import ResourceError
 
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 def hutchinson_divergence(f: torch.Tensor, x: torch.Tensor, probe: torch.Tensor,
@@ -122,6 +125,7 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 TRACE_METHODS = ("analytic", "vjp_batched", "vjp_loop", "jvp_vmap")
 AUTOGRAD_METHODS = ("vjp_loop", "vjp_batched", "jvp_vmap")
+CHUNKED_METHODS = ("vjp_batched", "jvp_vmap")  # memory grows with the chunk of basis vectors
 
 
 def _sync(x: torch.Tensor) -> None:
@@ -149,15 +153,31 @@ class ExactTrace:
                  create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self.method is None:
             return self._choose(field, t, x, create_graph)
-        try:
-            return self._run(self.method, field, t, x, create_graph)
-        except RuntimeError as e:
-            if is_out_of_memory(e):
-                raise ResourceError(
-                    f"out of memory in the exact divergence ({self.method}, batch {x.shape[0]}, "
-                    f"{x[0].numel()} dimensions): lower sampling.batch_size (or "
-                    f"training.val_samples), or set flow.exact_trace_chunk") from e
-            raise
+        while True:
+            try:
+                return self._run(self.method, field, t, x, create_graph)
+            except RuntimeError as e:
+                if not is_out_of_memory(e):
+                    raise
+                if not self._halve_chunk(x):
+                    raise ResourceError(
+                        f"out of memory in the exact divergence ({self.method}, batch "
+                        f"{x.shape[0]}, {x[0].numel()} dimensions, {self.chunk or 'all'} basis "
+                        "vectors per pass): lower sampling.batch_size (or "
+                        "training.val_samples)") from e
+
+    def _halve_chunk(self, x: torch.Tensor) -> bool:
+        """After an out-of-memory error: halve the basis vectors per pass of a chunked strategy
+        (kept for later calls) and say so; False when there is nothing left to halve."""
+        D = x[0].numel()
+        if self.method not in CHUNKED_METHODS or (self.chunk or D) <= 1:
+            return False
+        self.chunk = max(1, (self.chunk or D) // 2)
+        if x.is_cuda:
+            torch.cuda.empty_cache()
+        log.warning("exact divergence (%s) ran out of memory at batch %d; retrying with %d basis "
+                    "vectors per pass (flow.trace_chunk)", self.method, x.shape[0], self.chunk)
+        return True
 
     def _choose(self, field, t, x, create_graph):
         """'auto': the closed form if declared, else time each autograd strategy once on this
