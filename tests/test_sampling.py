@@ -111,15 +111,22 @@ def test_shard_index_out_of_range(tmp_path):
         sample_stage.sample(cfg, "r", shard=5, progress=False)
 
 
-def test_shards_record_the_log_q_error_against_a_tight_float64_solve(tmp_path):
-    """The check is not vacuous: a coarse solver shows a larger error than a fine one, and
-    the recorded error matches an independent tight re-solve."""
+def test_shards_record_the_log_q_error_against_a_tight_float64_solve(tmp_path, caplog):
+    """The check is not vacuous: a coarse solver shows a larger error than a fine one, the
+    recorded error matches an independent tight re-solve, and an error above the tolerance
+    is a warning in the log."""
+    from flowsci.sampling import LOG_Q_TOLERANCE
+
     errors = {}
     for n_steps in (1, 16):
         cfg = _config(tmp_path / str(n_steps), n_shards=1)
         cfg["runs"]["r"]["flow"]["n_steps"] = n_steps
         cfg["runs"]["r"]["sampling"]["check_samples"] = 5
-        arrays, attrs = _read(sample_stage.sample(cfg, "r", progress=False))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="flowsci.stages.sample"):
+            arrays, attrs = _read(sample_stage.sample(cfg, "r", progress=False))
+        warned = "use a finer solver" in caplog.text
+        assert warned == (attrs["log_q_error"] > LOG_Q_TOLERANCE), (n_steps, attrs["log_q_error"])
         assert attrs["log_q_error_n"] == 5 and attrs["exact_method"] in ("vjp_loop", "vjp_batched")
         errors[n_steps] = attrs["log_q_error"]
         flow, _, _ = sample_stage.load_trained_flow(cfg, "r", torch.device("cpu"), torch.float64)
@@ -129,3 +136,4 @@ def test_shards_record_the_log_q_error_against_a_tight_float64_solve(tmp_path):
         assert np.abs(ref - arrays["log_q"][:5]).max() == pytest.approx(errors[n_steps], rel=1e-3,
                                                                          abs=1e-6)
     assert errors[1] > 10 * errors[16] and errors[16] < 1e-3
+    assert errors[1] > LOG_Q_TOLERANCE  # so the warning branch above was exercised

@@ -21,7 +21,7 @@ from ..device import resolve_device, resolve_dtype
 from ..errors import DataError
 from ..flows.base import Flow
 from ..flows.build import build_flow
-from ..sampling import REFERENCE_SOLVER, log_q_error, sample_exact
+from ..sampling import LOG_Q_TOLERANCE, REFERENCE_SOLVER, log_q_error, sample_exact
 from ..systems import build_target
 from ..model_file import ModelFile, check_matches, load_model_file
 
@@ -89,6 +89,10 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
         raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")
     n_check = min(int(sp["check_samples"]), len(res["x"]))
     err = log_q_error(flow, res["x"][:n_check], res["log_q"][:n_check])
+    if not err <= LOG_Q_TOLERANCE and n_check:
+        log.warning("%s: the exact log q is off by up to %.3g nats against a tight float64 solve "
+                    "(limit %g): use a finer solver (runs.%s.flow: more n_steps, or dopri5 with a "
+                    "lower rtol/atol) before trusting the weights", out, err, LOG_Q_TOLERANCE, run)
     x = res["x"].double().numpy()
     log_q = res["log_q"].double().numpy()
     u = res["energies"].double().numpy()
