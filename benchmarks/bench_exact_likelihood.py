@@ -23,6 +23,7 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -66,10 +67,17 @@ def _fields(kind: str) -> list[tuple[str, str, dict]]:
 def best_time(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def ffjord_peer(field, prior, z: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
@@ -81,7 +89,7 @@ def ffjord_peer(field, prior, z: torch.Tensor, solver: SolverConfig) -> torch.Te
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             f = field(t, x).reshape(shape[0], -1)
-            div = torch.zeros(shape[0])
+            div = torch.zeros(shape[0], device=z.device, dtype=z.dtype)
             for k in range(f.shape[1]):
                 div = div + torch.autograd.grad(f[:, k].sum(), x, retain_graph=True)[0].reshape(
                     shape[0], -1)[:, k]
@@ -109,11 +117,14 @@ def bench_case(system: str, label: str, name: str, params: dict, args) -> list[d
     batch = args.batch or batch
     target = spec if isinstance(spec, ParticleTarget) else build_target(spec)
     torch.manual_seed(0)
-    field = VECTOR_FIELDS.build(name, params, target=target)
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    field = VECTOR_FIELDS.build(name, params, target=target).to(dev)
     with torch.no_grad():  # trained-like, non-trivial dynamics
         for p in field.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    prior = prior_for(target)
+    prior = prior_for(target).to(dev)
     fixed = SolverConfig(method="rk4", n_steps=args.n_steps)
     z = prior.sample(batch, generator=torch.Generator().manual_seed(1))
     rows = []
@@ -132,13 +143,14 @@ def bench_case(system: str, label: str, name: str, params: dict, args) -> list[d
     row("flowsci", best_time(lambda: auto.sample(batch, z=z), args.repeats), 4 * args.n_steps,
         strategy=auto.exact_method)
     for method in TRACE_METHODS:
-        if method == "analytic" and not field.analytic_divergence:
+        if (method == "analytic" and not field.analytic_divergence) or (
+                args.strategies and method not in args.strategies):
             continue
         cnf = CNF(field, prior, fixed, exact_trace=method)
         row(method, best_time(lambda: cnf.sample(batch, z=z), args.repeats), 4 * args.n_steps)
     row("ffjord", best_time(lambda: ffjord_peer(field, prior, z, fixed), args.repeats),
         4 * args.n_steps)
-    if not args.no_zuko:
+    if not args.no_zuko and z[0].numel() <= args.zuko_max_dim:
         try:
             adaptive = CNF(field, prior, SolverConfig(rtol=args.tol, atol=args.tol))
             n0 = adaptive.nfe
@@ -177,30 +189,38 @@ def train_rates(system, label, field, prior, target, batch, args) -> dict:
         out["torchcfm_steps_per_s"] = 1 / best_time(peer, args.repeats)
     except ImportError:
         pass
-    out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process-wide
+    if x.is_cuda:  # this case's peak (reset in bench_case)
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(x.device) / 2**20
     return out
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"{meta['date']}, {meta['machine']}, torch {meta['torch']}, {meta['threads']} "
-             f"thread(s), rk4 x {meta['n_steps']} steps ({4 * meta['n_steps']} NFE) for the "
-             f"fixed-step rows, float32", "",
-             "| system | field | batch | no-div | flowsci exact (strategy) | ffjord peer | "
-             "flowsci / ffjord | exact / no-div | zuko (dopri5 tol) | flowsci dopri5 | "
-             "MLE steps/s | FM steps/s | TorchCFM steps/s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"{meta['date']}, {meta['machine']}, {meta['device']}, torch {meta['torch']}, "
+             f"{meta['threads']} thread(s), float32; fixed-step rows: rk4 x {meta['n_steps']} "
+             f"steps ({4 * meta['n_steps']} NFE); adaptive rows: dopri5 / zuko at atol = rtol = "
+             f"{meta['tol']} (samples/s; NFE of flowsci's solve in brackets)", "",
+             "| system | field | batch | no-div | flowsci exact (strategy) | each strategy | "
+             "ffjord peer | **flowsci / ffjord** | exact / no-div | flowsci dopri5 (NFE) | zuko | "
+             "flowsci / zuko | MLE steps/s | FM steps/s | TorchCFM steps/s |",
+             "|" + " --- |" * 15]
     cases = {}
     for r in rows:
         cases.setdefault((r["system"], r["field"]), {})[r["variant"]] = r
     f = lambda v: "—" if v is None else f"{v:.3g}"  # noqa: E731
+    ratio = lambda a, b: "—" if a is None or b is None else f"{a / b:.1f}x"  # noqa: E731
     for (system, field), c in cases.items():
         rate = {k: v.get("samples_per_s") for k, v in c.items()}
         tr = c.get("training", {})
+        each = ", ".join(f"{m} {f(rate[m])}" for m in TRACE_METHODS if m in rate)
+        adaptive = c.get("flowsci_dopri5", {})
         lines.append(
             f"| {system} | {field} | {c['nodiv']['batch']} | {f(rate['nodiv'])} | "
-            f"{f(rate['flowsci'])} ({c['flowsci'].get('strategy')}) | {f(rate['ffjord'])} | "
-            f"{rate['flowsci'] / rate['ffjord']:.1f}x | {rate['nodiv'] / rate['flowsci']:.1f}x | "
-            f"{f(rate.get('zuko'))} | {f(rate.get('flowsci_dopri5'))} | "
+            f"{f(rate['flowsci'])} ({c['flowsci'].get('strategy')}) | {each} | "
+            f"{f(rate['ffjord'])} | **{ratio(rate['flowsci'], rate['ffjord'])}** | "
+            f"{ratio(rate['nodiv'], rate['flowsci'])} | "
+            f"{f(rate.get('flowsci_dopri5'))} ({adaptive.get('nfe', '—')}) | {f(rate.get('zuko'))} | "
+            f"{ratio(rate.get('flowsci_dopri5'), rate.get('zuko'))} | "
             f"{f(tr.get('mle_steps_per_s'))} | {f(tr.get('fm_steps_per_s'))} | "
             f"{f(tr.get('torchcfm_steps_per_s'))} |")
     return "\n".join(lines)
@@ -209,13 +229,18 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--systems", nargs="*", default=list(SYSTEMS))
-    p.add_argument("--device", default="cpu", choices=["cpu"])  # CUDA: see docs/benchmarks.md
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--n-steps", type=int, default=2)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--no-zuko", action="store_true")
+    p.add_argument("--zuko-max-dim", type=int, default=300,
+                   help="skip the adaptive rows (flowsci dopri5, zuko) above this dimension")
+    p.add_argument("--fields", nargs="*", default=None, help="only these field labels")
+    p.add_argument("--strategies", nargs="*", default=None,
+                   help="only these exact-trace strategies as extra rows (default: all)")
     p.add_argument("--out", default="benchmarks/results/exact_likelihood")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -223,9 +248,11 @@ def main() -> None:
     for system in args.systems:
         kind = "lattice" if system.startswith("phi4") else "particles"
         for label, name, params in _fields(kind):
-            rows += bench_case(system, label, name, params, args)
+            if args.fields is None or label in args.fields:
+                rows += bench_case(system, label, name, params, args)
     meta = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": args.threads, "n_steps": args.n_steps}
+            "device": args.device, "torch": torch.__version__, "threads": args.threads,
+            "n_steps": args.n_steps, "tol": args.tol, "command": " ".join(sys.argv)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
