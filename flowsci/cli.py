@@ -1,15 +1,21 @@
 """`flowsci <stage>`: the five stages as commands, each calling the stage function of the
-same name in flowsci.stages with the same options."""
+same name in flowsci.stages with the same options; `flowsci status` summarises where every
+system and run of a config stands.
+
+Logging goes to stderr (a Snakemake rule redirects it to the rule's log). Without a terminal,
+or with --quiet, long loops write progress lines there (flowsci.progress) instead of bars."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
 from .config import load_config
-from .errors import FlowsciError
+from .errors import ConfigError, FlowsciError
+from .progress import ENV_INTERVAL, interval_from_env
 
 log = logging.getLogger("flowsci")
 
@@ -59,6 +65,12 @@ def _report(cfg: dict, a: argparse.Namespace) -> None:
         print(path)
 
 
+def _status(cfg: dict, a: argparse.Namespace) -> None:
+    from .stages.status import format_table, status
+
+    print(format_table(status(cfg)))
+
+
 STAGES: dict[str, tuple[Callable, str]] = {
     "preprocess": (_preprocess, "raw input or generator -> validated results/{system}/data.h5"),
     "train": (_train, "train the run's flow (resumes from checkpoints)"),
@@ -76,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", "-c", default="config/config.yaml", help="YAML config file")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. runs.egnn_mle.training.steps=10")
-        s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        s.add_argument("--quiet", "-q", action="store_true",
+                       help="no progress bars (progress is logged as lines instead)")
+        s.add_argument("--progress-interval", type=float, default=None, metavar="SECONDS",
+                       help=f"seconds between progress lines when there is no bar (default "
+                            f"${ENV_INTERVAL} or 30; a line also every 10%% of the work)")
         s.add_argument("--verbose", "-v", action="store_true")
         if name == "preprocess":
             s.add_argument("--system", action="append", help="system name (default: all)")
@@ -97,16 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--out", help="directory for summary.csv (default results_dir)")
             s.add_argument("--no-summary", action="store_true", help="only per-run outputs")
             s.add_argument("--summary-only", action="store_true", help="only summary.csv")
+    help_ = "table of every system and run: stage reached, last progress line, ETA"
+    s = sub.add_parser("status", help=help_, description=help_)
+    s.add_argument("--config", "-c", default="config/config.yaml", help="YAML config file")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (e.g. results_dir=other)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
+        if getattr(args, "progress_interval", None) is not None:
+            if not args.progress_interval >= 0:
+                raise ConfigError(f"--progress-interval {args.progress_interval}: must be >= 0")
+            os.environ[ENV_INTERVAL] = str(args.progress_interval)
+        try:
+            interval_from_env()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         cfg = load_config(args.config, args.set)
-        STAGES[args.stage][0](cfg, args)
+        run = _status if args.stage == "status" else STAGES[args.stage][0]
+        run(cfg, args)
     except FlowsciError as e:
         print(f"flowsci {args.stage}: error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,16 @@ TEMPLATES = {
     "table_html": "{results}/{system}/{run}/table.html",
     "table_csv": "{results}/{system}/{run}/table.csv",
     "summary": "{results}/summary.csv",
+    # the Snakemake rules' logs (stderr of each stage command: its log and progress lines)
+    "log_preprocess": "{results}/{system}/logs/preprocess.log",
+    "log_train": "{results}/{system}/{run}/logs/train.log",
+    "log_sample": "{results}/{system}/{run}/logs/sample-{shard}.log",
+    "log_gather": "{results}/{system}/{run}/logs/sample-gather.log",
+    "log_reweight": "{results}/{system}/{run}/logs/reweight.log",
+    "log_report": "{results}/{system}/{run}/logs/report.log",
+    "log_summary": "{results}/logs/report_summary.log",
 }
+LOG_STAGES = ("preprocess", "train", "sample", "gather", "reweight", "report", "summary")
 
 
 def rule_path(name: str, results: str) -> str:
@@ -82,3 +91,12 @@ def table_files(config: dict, run: str) -> tuple[Path, Path]:
 
 def summary_file(config: dict, out_dir: str | None = None) -> Path:
     return Path(out_dir) / "summary.csv" if out_dir else _path("summary", config)
+
+
+def log_file(config: dict, stage: str, run: str | None = None, system: str | None = None,
+             shard: int | None = None) -> Path:
+    """The log of a stage's Snakemake job (LOG_STAGES): 'preprocess' takes system, 'summary'
+    nothing, the others run (and 'sample' its shard)."""
+    if stage not in LOG_STAGES:
+        raise ValueError(f"no log for stage {stage!r}; stages with logs: {', '.join(LOG_STAGES)}")
+    return _path(f"log_{stage}", config, run, system, shard=shard)

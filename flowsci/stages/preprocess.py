@@ -20,7 +20,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import paths
 from ..data import lattice, md_trajectory, molecular
@@ -28,6 +27,7 @@ from ..data.generate import GENERATORS
 from ..data.hdf5 import (ChunkedWriter, atomic_output, h5_attr_value, make_splits, provenance,
                          sha256_of, validate_h5)
 from ..errors import ConfigError, DataError
+from ..progress import Progress
 from ..systems import build_target
 
 
@@ -159,7 +159,7 @@ def _write_file(f: h5py.File, spec: dict, target, source_sha: str,
                 progress: bool) -> tuple[int, dict, dict]:
     inp = spec["data"]["input"]
     path = Path(inp["path"])
-    bar = tqdm(desc=f"read {path.name}", unit="frame", disable=not progress, mininterval=1.0)
+    bar = Progress(None, f"read {path.name}", unit="frame", bar=progress)  # total unknown
     sel = {"start": inp.get("start", 0), "stop": inp.get("stop"), "stride": inp.get("stride", 1)}
     chunk = inp.get("chunk_frames", 4096)
     w = ChunkedWriter(f, chunk_rows=chunk)

@@ -72,7 +72,7 @@ def train(config: dict, run: str, progress: bool = True, device: str | None = No
              len(train_x), len(val_x))
     result = train_flow(flow, objective, train_x, settings, val_x=val_x, out_dir=out_dir,
                         progress=progress, stop_after=stop_after,
-                        fingerprint=training_fingerprint(config, run))
+                        fingerprint=training_fingerprint(config, run), desc=f"train {run}")
     if not result["finished"]:
         return None
     test_x = load_split(config, system, "test").to(dev, dtype)[:1000]

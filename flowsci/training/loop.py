@@ -1,5 +1,6 @@
 """Training loop shared by all objectives: AdamW, LR schedule, EMA, clipping, validation NLL
-with the exact trace, checkpoints with exact resume, a progress bar and a CSV log."""
+with the exact trace, checkpoints with exact resume, progress (a bar on a terminal, log lines
+with loss, last validation NLL and ETA otherwise) and a CSV log."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..flows.base import Flow
+from ..progress import Progress
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .ema import EMA
 
@@ -72,14 +73,15 @@ def validation_nll(flow: Flow, x: torch.Tensor, batch_size: int = 512) -> float:
 def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: TrainSettings,
                val_x: torch.Tensor | None = None, out_dir: str | Path | None = None,
                progress: bool = True, stop_after: int | None = None,
-               fingerprint: str = "") -> dict:
+               fingerprint: str = "", desc: str = "train") -> dict:
     """Train `flow` in place; resume from out_dir/checkpoints if a checkpoint exists.
 
     train_x, val_x: [N, *event] on the flow's device. Writes out_dir/train_log.csv and
     out_dir/checkpoints/ckpt-{step}.pt. stop_after: end early after that global step (used to
     run long trainings in chunks, and by the resume test). fingerprint: identifies the data
     and settings; a checkpoint written with another fingerprint is refused, not resumed.
-    Returns the final state summary.
+    progress: a bar on a terminal; log lines (flowsci.progress) are written either way when
+    there is no bar. desc: names the loop in those. Returns the final state summary.
     """
     params = [p for p in flow.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -96,8 +98,8 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     log = _Log(out_dir / "train_log.csv" if out_dir else None, resume_step=step)
     last = stop_after if stop_after is not None else settings.steps
     last = min(last, settings.steps)
-    bar = tqdm(total=settings.steps, initial=step, desc="train", disable=not progress,
-               mininterval=2.0)
+    bar = Progress(settings.steps, desc, initial=step, unit="step", bar=progress,
+                   mininterval=2.0, figures={"loss": float("nan"), "val_nll": log.last_val_nll})
     while step < last:
         t0 = time.perf_counter()
         idx = torch.randint(0, len(train_x), (settings.batch_size,), generator=gen)
@@ -122,8 +124,10 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
             with ema.applied(flow):
                 row["val_nll"] = validation_nll(flow, val_x[:settings.val_samples])
         log.write(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", nfe=row["nfe"])
+        figures = {"loss": row["loss"], "nfe": row["nfe"]}
+        if row["val_nll"] != "":
+            figures["val_nll"] = row["val_nll"]
+        bar.update(1, **figures)
         if ckpt_dir is not None and (step % settings.checkpoint_every == 0 or step == last):
             save_checkpoint(ckpt_dir, step, elapsed, flow, opt, sched, ema, gen, fingerprint)
     bar.close()
@@ -138,12 +142,16 @@ class _Log:
     def __init__(self, path: Path | None, resume_step: int):
         self.path = path
         self.file = None
+        self.last_val_nll = float("nan")  # of the kept rows (shown in progress on resume)
         if path is None:
             return
         rows = []
         if resume_step > 0 and path.exists():
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        vals = [r["val_nll"] for r in rows if r.get("val_nll") not in ("", None)]
+        if vals:
+            self.last_val_nll = float(vals[-1])
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS, extrasaction="ignore")

@@ -38,7 +38,9 @@ def run_dir(run):
 
 
 def flowsci_cmd(stage):
-    """Shell prefix calling a stage with the validated config (no progress bars in logs)."""
+    """Shell prefix calling a stage with the validated config. --quiet: no progress bars; the
+    stage writes progress lines (count, rate, elapsed, ETA, key figures) to its rule's log
+    instead, every FLOWSCI_PROGRESS_INTERVAL seconds (default 30) or 10 % of the work."""
     return f"flowsci {stage} --config {CONFIG_FILE} --quiet"
 
 

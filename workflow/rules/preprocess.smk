@@ -10,7 +10,7 @@ rule preprocess:
         spec=section("systems", "{system}"),
         cmd=flowsci_cmd("preprocess"),
     log:
-        f"{RESULTS}/{{system}}/logs/preprocess.log",
+        P("log_preprocess"),
     benchmark:
         f"{RESULTS}/{{system}}/benchmarks/preprocess.tsv"
     conda:

@@ -22,7 +22,7 @@ rule report_run:
         ),
         csv=P("table_csv"),
     log:
-        f"{RESULTS}/{{system}}/{{run}}/logs/report.log",
+        P("log_report"),
     benchmark:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/report_run.tsv"
     conda:
@@ -45,7 +45,7 @@ rule report_summary:
             labels={"table": "all runs"},
         ),
     log:
-        f"{RESULTS}/logs/report_summary.log",
+        P("log_summary"),
     benchmark:
         f"{RESULTS}/benchmarks/report_summary.tsv"
     conda:

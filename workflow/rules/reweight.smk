@@ -8,7 +8,7 @@ rule reweight:
         h5=P("reweight"),
         metrics=P("metrics"),
     log:
-        f"{RESULTS}/{{system}}/{{run}}/logs/reweight.log",
+        P("log_reweight"),
     benchmark:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/reweight.tsv"
     conda:

@@ -14,7 +14,7 @@ rule sample_shard:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/{{system}}/{{run}}/logs/sample-{{shard}}.log",
+        P("log_sample"),
     benchmark:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/sample-{{shard}}.tsv"
     conda:
@@ -30,7 +30,7 @@ rule sample_gather:
     output:
         P("samples"),
     log:
-        f"{RESULTS}/{{system}}/{{run}}/logs/sample-gather.log",
+        P("log_gather"),
     benchmark:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/sample-gather.tsv"
     conda:

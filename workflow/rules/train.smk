@@ -15,7 +15,7 @@ rule train:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/{{system}}/{{run}}/logs/train.log",
+        P("log_train"),
     benchmark:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/train.tsv"
     conda:

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ...autocorr import integrated_autocorr_time
+from ...progress import Progress
 from ...registry import Registry
 from . import adapt as adaptation
 from .checkpoint import Checkpoint
@@ -102,7 +102,7 @@ def run_chains(step: StepFn, state: dict[str, torch.Tensor],
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             ckpt.ignore(str(e))
             start, kept = 0, {}
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, mininterval=1.0)
+    bar = Progress(total, desc, initial=start, unit="step", bar=progress)
     h = None
     for i in range(start, total):
         if h is None or i <= n_adapt:  # frozen after n_adapt steps
@@ -115,7 +115,11 @@ def run_chains(step: StepFn, state: dict[str, torch.Tensor],
             if (i - burn_in + 1) % thin == 0:
                 for k, v in record(state).items():
                     kept.setdefault(k, []).append(v.detach().clone())
-        bar.update(1)
+        if i >= burn_in:
+            bar.update(1, phase="sampling",
+                       acceptance=float(accepted.mean()) / (i - burn_in + 1))
+        else:
+            bar.update(1, phase="burn-in")
         if ckpt.due(i + 1) and i + 1 < total:
             ckpt.save({"step": i + 1, "kept": {k: torch.stack(v) for k, v in kept.items()},
                        "accepted": accepted, "state": state, "rng": gen.get_state(),

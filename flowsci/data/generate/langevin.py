@@ -13,8 +13,8 @@ and reused when rerun. Diagnostics: the energy's autocorrelation time, ESS and s
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ...progress import Progress
 from .base import GENERATORS, Checkpoint, GeneratedData, trajectory_data
 
 
@@ -59,8 +59,8 @@ def ase_langevin(target, n_samples: int = 1000, burn_in: int = 1000, thin: int =
                        friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
         if saved is None and burn_in > 0:
             dyn.run(burn_in)
-        bar = tqdm(total=n_samples, initial=len(frames), desc=f"ase_langevin {target.name}",
-                   disable=not progress, mininterval=1.0)
+        bar = Progress(n_samples, f"ase_langevin {target.name}", initial=len(frames),
+                       unit="frame", bar=progress)
         while len(frames) < n_samples:
             dyn.run(thin)
             frames.append(atoms.get_positions().copy())

@@ -15,8 +15,8 @@ autocorrelation time, ESS and split R-hat (of the trajectory's two halves).
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ...progress import Progress
 from .base import GENERATORS, Checkpoint, GeneratedData, trajectory_data
 
 
@@ -59,8 +59,8 @@ def openmm_md(target, n_samples: int = 1000, burn_in: int = 5000, thin: int = 25
                 unit.kilojoule_per_mole)
             ctx.setVelocitiesToTemperature(target.temperature * unit.kelvin, seed + 1)
             integ.step(burn_in)
-        bar = tqdm(total=n_samples, initial=len(frames), desc=f"openmm_md {target.name}",
-                   disable=not progress, mininterval=1.0)
+        bar = Progress(n_samples, f"openmm_md {target.name}", initial=len(frames),
+                       unit="frame", bar=progress)
         while len(frames) < n_samples:
             integ.step(thin)
             s = ctx.getState(getPositions=True, getEnergy=True)
