@@ -95,6 +95,23 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert (wd / "results" / "summary.csv").exists()
     for rule_log in ("train.log", "reweight.log", "sample-0.log"):
         assert (run / "logs" / rule_log).exists()
+    # the stages' progress lines land in the rules' logs (no terminal under Snakemake)
+    from flowsci.progress import parse_line
+    for rule_log, total in (("train.log", 4), ("sample-0.log", 100), ("reweight.log", 3)):
+        lines = [p for line in (run / "logs" / rule_log).read_text().splitlines()
+                 if (p := parse_line(line))]
+        done = [p["done"] for p in lines]
+        assert len(lines) >= 2 and done == sorted(done) and done[-1] == total, rule_log
+        assert lines[-1]["total"] == total and lines[-1]["state"] == "done"
+    train_lines = [p for line in (run / "logs" / "train.log").read_text().splitlines()
+                   if (p := parse_line(line))]
+    assert {"loss", "val_nll"} <= set(train_lines[-1]["figures"])
+    assert any(p["eta"] is not None and p["state"] == "running" for p in train_lines)
+    status = subprocess.run(["flowsci", "status", "-c", "config/config.yaml"], cwd=wd,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    rows = {tuple(line.split()[:3]) for line in status.stdout.splitlines()[2:]}
+    assert rows == {("dw4", "-", "preprocessed"), ("dw4", "tiny", "reported")}, status.stdout
     assert (run / "benchmarks" / "train.tsv").exists()
     r = _snakemake("--report", "report.html", cwd=wd)
     assert r.returncode == 0, r.stderr[-3000:]

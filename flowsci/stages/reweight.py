@@ -21,6 +21,7 @@ from ..analysis.report import read_train_log, training_summary
 from ..data.hdf5 import provenance, sha256_of, write_h5
 from ..errors import ConfigError, DataError
 from ..io import atomic_output
+from ..progress import Progress
 from ..reweighting import (Estimate, IndependenceMH, ess_fraction, estimate,
                            free_energy_differences, independence_mh, kish_ess, log_mean_weight,
                            log_weights, normalized_log_weights, pareto_khat, top_weights)
@@ -104,14 +105,22 @@ def estimate_all(inputs: ReweightInputs, settings: dict) -> ReweightResults:
     sources = {"data": (ref["x"], ref["u"], None), "flow": (x, u, None), "reweighted": (x, u, lw)}
     results: dict[str, dict[str, Estimate]] = {}
     free: dict[str, dict[str, Estimate]] = {}
+    n_mh = int(settings["mh_steps"])
+    # progress: one unit per source's bootstrap (+ the MH chain)
+    bar = Progress(len(sources) + (n_mh > 0), f"reweight {inputs.samples_path.parent.name}",
+                   unit="estimate", figures={"n_bootstrap": n_boot})
     for name, (xs, us, w) in sources.items():
         results[name] = estimate(obs.features(xs, us, sp), w, n_boot=n_boot, seed=seed,
                                  finalize=lambda m: obs.finalize(m, sp))
         if settings["states"]:
             ind = _indicators(settings["states"], obs, xs, us)
             free[name] = free_energy_differences(ind, w, n_boot=n_boot, seed=seed)
-    mh = (independence_mh(log_q, u, int(settings["mh_steps"]), seed=seed)
-          if int(settings["mh_steps"]) > 0 else None)
+        bar.update(1, last=name)
+    mh = None
+    if n_mh > 0:
+        mh = independence_mh(log_q, u, n_mh, seed=seed)
+        bar.update(1, last="mh")
+    bar.close()
     return ReweightResults(keep, lw, u, sp, results, free, mh)
 
 
