@@ -22,7 +22,9 @@ import math
 import os
 import re
 import sys
+import threading
 import time
+import weakref
 from typing import Any, Callable
 
 ENV_INTERVAL = "FLOWSCI_PROGRESS_INTERVAL"
@@ -134,6 +136,19 @@ def parse_line(line: str) -> dict[str, Any] | None:
     return out
 
 
+def _heartbeat(ref: "weakref.ref[Progress]", stop: threading.Event) -> None:
+    """Heartbeat thread of a Progress; holds it only weakly, so that it also ends when the
+    Progress is dropped without close()."""
+    while True:
+        progress = ref()
+        if progress is None:
+            return
+        wait = progress._beat()
+        del progress
+        if stop.wait(wait):
+            return
+
+
 def _is_terminal(stream) -> bool:
     try:
         return bool(stream.isatty())
@@ -147,16 +162,20 @@ class Progress:
     bar: progress bars wanted (False for the CLI's --quiet); a tqdm bar is shown only when
     also stderr is a terminal, otherwise log lines are written at the interval. interval:
     seconds between lines (default: interval_from_env()); fraction: also a line every this
-    fraction of `total`. figures: the key figures' starting values. `update(n, **figures)` advances by n and records the key figures
-    (shown in the bar's postfix and in the lines); `set(**figures)` records without advancing;
-    `close()` (or leaving a `with` block) writes the last line.
+    fraction of `total`. figures: the key figures' starting values. `update(n, **figures)`
+    advances by n and records the key figures (shown in the bar's postfix and in the lines);
+    `set(**figures)` records without advancing; `close()` (or leaving a `with` block) writes
+    the last line. heartbeat: a daemon thread repeats the line when `interval` passes without
+    one, so that a unit of work longer than the interval (a sampling batch, a validation)
+    still gives a line per interval; it stops at close() or when a `with` block is left, also
+    by an exception (use `with`, so that a failing loop leaves no thread behind).
     """
 
     def __init__(self, total: int | None, desc: str, *, initial: int = 0, unit: str = "it",
                  bar: bool = True, interval: float | None = None,
                  fraction: float = DEFAULT_FRACTION, logger: logging.Logger | None = None,
                  clock: Callable[[], float] = time.monotonic, mininterval: float = 1.0,
-                 figures: dict[str, Any] | None = None):
+                 figures: dict[str, Any] | None = None, heartbeat: bool = True):
         self.total = int(total) if total else None
         self.desc, self.unit = desc, unit
         self.done = self.initial = int(initial)
@@ -167,6 +186,9 @@ class Progress:
         self.clock = clock
         self.closed = False
         self._bar = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         if bar and _is_terminal(sys.stderr):
             from tqdm.auto import tqdm
 
@@ -177,6 +199,10 @@ class Progress:
         self.t0 = self._last = clock()
         self._next_mark = self._mark_after(self.done)
         self._emit("started")
+        if heartbeat and self.interval > 0:
+            self._thread = threading.Thread(target=_heartbeat, name=f"progress {desc}",
+                                            args=(weakref.ref(self), self._stop), daemon=True)
+            self._thread.start()
 
     @property
     def writes_lines(self) -> bool:
@@ -190,22 +216,33 @@ class Progress:
         return (math.floor(done / step + 1e-9) + 1) * step
 
     def set(self, **figures: Any) -> None:
-        self.figures.update(figures)
-        if self._bar is not None and self.figures:
-            self._bar.set_postfix({k: _figure(v) for k, v in self.figures.items()},
-                                  refresh=False)
+        with self._lock:
+            self.figures.update(figures)
+            if self._bar is not None and self.figures:
+                self._bar.set_postfix({k: _figure(v) for k, v in self.figures.items()},
+                                      refresh=False)
 
     def update(self, n: int = 1, **figures: Any) -> None:
-        self.done += n
         self.set(**figures)
-        if self._bar is not None:
-            self._bar.update(n)
-            return
-        if self.total and self.done >= self.total:
-            return  # close() writes the last line
-        now = self.clock()
-        if now - self._last >= self.interval or self.done >= self._next_mark - 1e-9:
-            self._emit()
+        with self._lock:
+            self.done += n
+            if self._bar is not None:
+                self._bar.update(n)
+                return
+            if self.total and self.done >= self.total:
+                return  # close() writes the last line
+            now = self.clock()
+            if now - self._last >= self.interval or self.done >= self._next_mark - 1e-9:
+                self._emit()
+
+    def _beat(self) -> float:
+        """One heartbeat: a line if `interval` passed without one; seconds to the next."""
+        with self._lock:
+            wait = self._last + self.interval - self.clock()
+            if wait <= 0 and not self.closed:
+                self._emit()
+                wait = self.interval
+        return max(wait, 0.01)
 
     def _emit(self, state: str | None = None) -> None:
         now = self.clock()
@@ -219,15 +256,23 @@ class Progress:
         self._last = now
         self._next_mark = self._mark_after(self.done)
 
+    def _stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._bar is not None:
-            self._bar.close()
-            return
-        complete = self.total is None or self.done >= self.total
-        self._emit("done" if complete else None)
+        """Write the last line ('done' when all units are done) and stop the heartbeat."""
+        self._stop_heartbeat()
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self._bar is not None:
+                self._bar.close()
+                return
+            complete = self.total is None or self.done >= self.total
+            self._emit("done" if complete else None)
 
     def __enter__(self) -> "Progress":
         return self
@@ -235,5 +280,9 @@ class Progress:
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is None:
             self.close()
-        elif self._bar is not None:
-            self._bar.close()
+            return
+        self._stop_heartbeat()  # failed: no last line (the error follows in the log)
+        with self._lock:
+            self.closed = True
+            if self._bar is not None:
+                self._bar.close()

@@ -31,18 +31,17 @@ def sample_exact(flow, target, n: int, batch_size: int, generator: torch.Generat
     log lines (flowsci.progress) with the count of failed samples so far."""
     xs, lqs, us = [], [], []
     failed, solves, nfe0 = 0, 0, flow.nfe
-    bar = Progress(n, desc, unit="samples", bar=progress, figures={"failed": 0})
-    done = 0
-    while done < n:
-        m = min(batch_size, n - done)
-        z = flow.prior.sample(m, generator=generator)
-        solves += 1
-        for x, lq, u, n_bad in _robust(flow, target, z):
-            xs.append(x), lqs.append(lq), us.append(u)
-            failed += n_bad
-        done += m
-        bar.update(m, failed=failed)
-    bar.close()
+    with Progress(n, desc, unit="samples", bar=progress, figures={"failed": 0}) as bar:
+        done = 0
+        while done < n:
+            m = min(batch_size, n - done)
+            z = flow.prior.sample(m, generator=generator)
+            solves += 1
+            for x, lq, u, n_bad in _robust(flow, target, z):
+                xs.append(x), lqs.append(lq), us.append(u)
+                failed += n_bad
+            done += m
+            bar.update(m, failed=failed)
     if failed:
         log.warning("%d of %d samples failed (ODE solve error or non-finite values)", failed, n)
     cat = (lambda v: torch.cat(v) if v else torch.empty(0))

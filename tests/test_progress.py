@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def _lines(caplog) -> list[dict]:
 def test_lines_every_interval_and_every_tenth_of_the_work(caplog):
     clock = Clock()
     caplog.set_level(logging.INFO, logger="flowsci.progress")
-    bar = Progress(1000, "train r", unit="step", bar=False, interval=30.0, clock=clock)
+    bar = Progress(1000, "train r", unit="step", bar=False, interval=30.0, clock=clock,
+                   heartbeat=False)
     assert bar.writes_lines
     for _ in range(1000):  # 1 step/s: a line every 30 s, and at 100, 200, ... steps
         clock.t += 1.0
@@ -56,7 +58,8 @@ def test_lines_every_interval_and_every_tenth_of_the_work(caplog):
 def test_a_slow_loop_writes_a_line_per_interval(caplog):
     clock = Clock()
     caplog.set_level(logging.INFO, logger="flowsci.progress")
-    bar = Progress(None, "read x.xyz", unit="frame", bar=False, interval=10.0, clock=clock)
+    bar = Progress(None, "read x.xyz", unit="frame", bar=False, interval=10.0, clock=clock,
+                   heartbeat=False)
     for _ in range(6):  # unknown total: time lines only, no ETA
         clock.t += 4.0
         bar.update(100)
@@ -64,6 +67,42 @@ def test_a_slow_loop_writes_a_line_per_interval(caplog):
     lines = _lines(caplog)
     assert [p["done"] for p in lines] == [0, 300, 600, 600]
     assert lines[1]["eta"] is None and lines[1]["total"] is None
+
+
+def test_a_unit_longer_than_the_interval_still_gets_a_line_per_interval(caplog):
+    """The heartbeat repeats the line while one unit (a sampling batch, a validation) runs,
+    and stops when the loop ends, also by an error."""
+    caplog.set_level(logging.INFO, logger="flowsci.progress")
+
+    def wait_for(n_lines):  # polls; the 30 s bound only guards against a hang
+        for _ in range(3000):
+            if len(_lines(caplog)) >= n_lines:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"fewer than {n_lines} progress lines")
+
+    with Progress(4, "sample r shard 0", unit="samples", bar=False, interval=0.02) as bar:
+        bar.update(1, failed=0)
+        wait_for(4)  # started, 1 (25 % mark), then heartbeats while "the next batch runs"
+        beats = _lines(caplog)[2:]
+        assert all(p["done"] == 1 and p["eta"] is not None for p in beats)
+        bar.update(3)
+    assert not bar._thread.is_alive()
+    n = len(_lines(caplog))
+    assert _lines(caplog)[-1]["state"] == "done"
+    with pytest.raises(RuntimeError):
+        with Progress(4, "train r", bar=False, interval=0.02) as failing:
+            raise RuntimeError("solver failed")
+    assert not failing._thread.is_alive()
+    after = len(_lines(caplog))
+    assert after == n + 1  # its "started" line, no heartbeat after the failure
+    time.sleep(0.1)
+    assert len(_lines(caplog)) == after
+    dropped = Progress(4, "dropped", bar=False, interval=0.01)  # never closed: no thread left
+    thread = dropped._thread
+    del dropped
+    thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def test_format_and_parse_are_inverse():
@@ -95,7 +134,9 @@ def test_a_terminal_gets_a_bar_and_no_lines(monkeypatch, caplog):
 
 def test_interval_from_environment_and_cli(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(ENV_INTERVAL, "2.5")
-    assert interval_from_env() == 2.5 and Progress(3, "x", bar=False).interval == 2.5
+    assert interval_from_env() == 2.5
+    with Progress(3, "x", bar=False) as bar:
+        assert bar.interval == 2.5
     monkeypatch.setenv(ENV_INTERVAL, "soon")
     with pytest.raises(ValueError, match=ENV_INTERVAL):
         interval_from_env()

@@ -157,9 +157,15 @@ def _write_generated(f: h5py.File, spec: dict, target, out: Path,
 
 def _write_file(f: h5py.File, spec: dict, target, source_sha: str,
                 progress: bool) -> tuple[int, dict, dict]:
+    name = Path(spec["data"]["input"]["path"]).name
+    with Progress(None, f"read {name}", unit="frame", bar=progress) as bar:  # total unknown
+        return _read_file(f, spec, target, source_sha, bar)
+
+
+def _read_file(f: h5py.File, spec: dict, target, source_sha: str,
+               bar: Progress) -> tuple[int, dict, dict]:
     inp = spec["data"]["input"]
     path = Path(inp["path"])
-    bar = Progress(None, f"read {path.name}", unit="frame", bar=progress)  # total unknown
     sel = {"start": inp.get("start", 0), "stop": inp.get("stop"), "stride": inp.get("stride", 1)}
     chunk = inp.get("chunk_frames", 4096)
     w = ChunkedWriter(f, chunk_rows=chunk)
@@ -175,7 +181,6 @@ def _write_file(f: h5py.File, spec: dict, target, source_sha: str,
             for k, v in block.items():
                 w.append(k, v)
             bar.update(len(block["fields"]))
-        bar.close()
         source.update(info)
         return info["n_frames"], {"field": "dimensionless", "action": "dimensionless"}, source
     md_fmt = md_trajectory.md_format(path, inp.get("format"), inp.get("topology"))
@@ -199,7 +204,6 @@ def _write_file(f: h5py.File, spec: dict, target, source_sha: str,
         for k, v in block.items():
             w.append(k, v)
         bar.update(len(block["positions"]))
-    bar.close()
     _check_elements(path, meta.atomic_numbers, target)
     f.create_dataset("atomic_numbers", data=meta.atomic_numbers)
     if meta.pbc is not None and meta.pbc.any():
@@ -210,7 +214,7 @@ def _write_file(f: h5py.File, spec: dict, target, source_sha: str,
 
 
 def _write_md(w: ChunkedWriter, f: h5py.File, spec: dict, target, fmt: str, sel: dict,
-              chunk: int, bar, source: dict) -> tuple[int, dict, dict]:
+              chunk: int, bar: Progress, source: dict) -> tuple[int, dict, dict]:
     """An MD trajectory + topology (flowsci.data.md_trajectory) -> positions, cell, pbc."""
     inp = spec["data"]["input"]
     path = Path(inp["path"])
@@ -231,7 +235,6 @@ def _write_md(w: ChunkedWriter, f: h5py.File, spec: dict, target, fmt: str, sel:
         for k, v in block.items():
             w.append(k, v)
         bar.update(len(block["positions"]))
-    bar.close()
     _check_elements(path, meta.atomic_numbers, target)
     f.create_dataset("atomic_numbers", data=meta.atomic_numbers)
     if meta.has_cell:

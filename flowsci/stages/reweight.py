@@ -107,20 +107,19 @@ def estimate_all(inputs: ReweightInputs, settings: dict) -> ReweightResults:
     free: dict[str, dict[str, Estimate]] = {}
     n_mh = int(settings["mh_steps"])
     # progress: one unit per source's bootstrap (+ the MH chain)
-    bar = Progress(len(sources) + (n_mh > 0), f"reweight {inputs.samples_path.parent.name}",
-                   unit="estimate", figures={"n_bootstrap": n_boot})
-    for name, (xs, us, w) in sources.items():
-        results[name] = estimate(obs.features(xs, us, sp), w, n_boot=n_boot, seed=seed,
-                                 finalize=lambda m: obs.finalize(m, sp))
-        if settings["states"]:
-            ind = _indicators(settings["states"], obs, xs, us)
-            free[name] = free_energy_differences(ind, w, n_boot=n_boot, seed=seed)
-        bar.update(1, last=name)
-    mh = None
-    if n_mh > 0:
-        mh = independence_mh(log_q, u, n_mh, seed=seed)
-        bar.update(1, last="mh")
-    bar.close()
+    with Progress(len(sources) + (n_mh > 0), f"reweight {inputs.samples_path.parent.name}",
+                  unit="estimate", figures={"n_bootstrap": n_boot}) as bar:
+        for name, (xs, us, w) in sources.items():
+            results[name] = estimate(obs.features(xs, us, sp), w, n_boot=n_boot, seed=seed,
+                                     finalize=lambda m: obs.finalize(m, sp))
+            if settings["states"]:
+                ind = _indicators(settings["states"], obs, xs, us)
+                free[name] = free_energy_differences(ind, w, n_boot=n_boot, seed=seed)
+            bar.update(1, last=name)
+        mh = None
+        if n_mh > 0:
+            mh = independence_mh(log_q, u, n_mh, seed=seed)
+            bar.update(1, last="mh")
     return ReweightResults(keep, lw, u, sp, results, free, mh)
 
 

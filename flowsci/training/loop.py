@@ -98,39 +98,39 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     log = _Log(out_dir / "train_log.csv" if out_dir else None, resume_step=step)
     last = stop_after if stop_after is not None else settings.steps
     last = min(last, settings.steps)
-    bar = Progress(settings.steps, desc, initial=step, unit="step", bar=progress,
-                   mininterval=2.0, figures={"loss": float("nan"), "val_nll": log.last_val_nll})
-    while step < last:
-        t0 = time.perf_counter()
-        idx = torch.randint(0, len(train_x), (settings.batch_size,), generator=gen)
-        batch = train_x[idx.to(train_x.device)]
-        loss, stats = objective(flow, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss at step {step + 1}: {stats}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
-        opt.step()
-        sched.step()
-        ema.update(flow)
-        step += 1
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        row = {"step": step, "loss": loss.item(), "nll": stats.get("nll", float("nan")),
-               "nfe": stats.get("nfe", 0), "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
-               "seconds": dt, "val_nll": ""}
-        if val_x is not None and len(val_x) and (step % settings.val_every == 0
-                                                 or step == settings.steps):
-            with ema.applied(flow):
-                row["val_nll"] = validation_nll(flow, val_x[:settings.val_samples])
-        log.write(row)
-        figures = {"loss": row["loss"], "nfe": row["nfe"]}
-        if row["val_nll"] != "":
-            figures["val_nll"] = row["val_nll"]
-        bar.update(1, **figures)
-        if ckpt_dir is not None and (step % settings.checkpoint_every == 0 or step == last):
-            save_checkpoint(ckpt_dir, step, elapsed, flow, opt, sched, ema, gen, fingerprint)
-    bar.close()
+    figures = {"loss": float("nan"), "val_nll": log.last_val_nll}
+    with Progress(settings.steps, desc, initial=step, unit="step", bar=progress,
+                  mininterval=2.0, figures=figures) as bar:
+        while step < last:
+            t0 = time.perf_counter()
+            idx = torch.randint(0, len(train_x), (settings.batch_size,), generator=gen)
+            batch = train_x[idx.to(train_x.device)]
+            loss, stats = objective(flow, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at step {step + 1}: {stats}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
+            opt.step()
+            sched.step()
+            ema.update(flow)
+            step += 1
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            row = {"step": step, "loss": loss.item(), "nll": stats.get("nll", float("nan")),
+                   "nfe": stats.get("nfe", 0), "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
+                   "seconds": dt, "val_nll": ""}
+            if val_x is not None and len(val_x) and (step % settings.val_every == 0
+                                                     or step == settings.steps):
+                with ema.applied(flow):
+                    row["val_nll"] = validation_nll(flow, val_x[:settings.val_samples])
+            log.write(row)
+            figures = {"loss": row["loss"], "nfe": row["nfe"]}
+            if row["val_nll"] != "":
+                figures["val_nll"] = row["val_nll"]
+            bar.update(1, **figures)
+            if ckpt_dir is not None and (step % settings.checkpoint_every == 0 or step == last):
+                save_checkpoint(ckpt_dir, step, elapsed, flow, opt, sched, ema, gen, fingerprint)
     log.close()
     return {"step": step, "elapsed": elapsed, "ema": ema.weights(),
             "finished": step >= settings.steps}

@@ -102,29 +102,28 @@ def run_chains(step: StepFn, state: dict[str, torch.Tensor],
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             ckpt.ignore(str(e))
             start, kept = 0, {}
-    bar = Progress(total, desc, initial=start, unit="step", bar=progress)
-    h = None
-    for i in range(start, total):
-        if h is None or i <= n_adapt:  # frozen after n_adapt steps
-            h = adaptation.step_size(ad, i, n_adapt)
-        state, acc, prob = step(state, h)
-        if i < n_adapt:
-            ad = adaptation.update(ad, i, prob, target_accept, step_size)
-        if i >= burn_in:
-            accepted += acc.to(torch.float64)
-            if (i - burn_in + 1) % thin == 0:
-                for k, v in record(state).items():
-                    kept.setdefault(k, []).append(v.detach().clone())
-        if i >= burn_in:
-            bar.update(1, phase="sampling",
-                       acceptance=float(accepted.mean()) / (i - burn_in + 1))
-        else:
-            bar.update(1, phase="burn-in")
-        if ckpt.due(i + 1) and i + 1 < total:
-            ckpt.save({"step": i + 1, "kept": {k: torch.stack(v) for k, v in kept.items()},
-                       "accepted": accepted, "state": state, "rng": gen.get_state(),
-                       "adapt": ad})
-    bar.close()
+    with Progress(total, desc, initial=start, unit="step", bar=progress) as bar:
+        h = None
+        for i in range(start, total):
+            if h is None or i <= n_adapt:  # frozen after n_adapt steps
+                h = adaptation.step_size(ad, i, n_adapt)
+            state, acc, prob = step(state, h)
+            if i < n_adapt:
+                ad = adaptation.update(ad, i, prob, target_accept, step_size)
+            if i >= burn_in:
+                accepted += acc.to(torch.float64)
+                if (i - burn_in + 1) % thin == 0:
+                    for k, v in record(state).items():
+                        kept.setdefault(k, []).append(v.detach().clone())
+            if i >= burn_in:
+                bar.update(1, phase="sampling",
+                           acceptance=float(accepted.mean()) / (i - burn_in + 1))
+            else:
+                bar.update(1, phase="burn-in")
+            if ckpt.due(i + 1) and i + 1 < total:
+                ckpt.save({"step": i + 1, "kept": {k: torch.stack(v) for k, v in kept.items()},
+                           "accepted": accepted, "state": state, "rng": gen.get_state(),
+                           "adapt": ad})
     n_steps = total - burn_in
     return ChainRun({k: torch.stack(v, 0) for k, v in kept.items()},
                     (accepted / max(n_steps, 1)).numpy(),

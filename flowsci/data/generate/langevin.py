@@ -59,18 +59,17 @@ def ase_langevin(target, n_samples: int = 1000, burn_in: int = 1000, thin: int =
                        friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
         if saved is None and burn_in > 0:
             dyn.run(burn_in)
-        bar = Progress(n_samples, f"ase_langevin {target.name}", initial=len(frames),
-                       unit="frame", bar=progress)
-        while len(frames) < n_samples:
-            dyn.run(thin)
-            frames.append(atoms.get_positions().copy())
-            energies.append(float(atoms.get_potential_energy()))
-            bar.update(1)
-            if ckpt.due(len(frames)) and len(frames) < n_samples:
-                ckpt.save({"positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
-                           "rng": rng.bit_generator.state, "frames": np.stack(frames),
-                           "energies": np.asarray(energies)})
-        bar.close()
+        with Progress(n_samples, f"ase_langevin {target.name}", initial=len(frames),
+                      unit="frame", bar=progress) as bar:
+            while len(frames) < n_samples:
+                dyn.run(thin)
+                frames.append(atoms.get_positions().copy())
+                energies.append(float(atoms.get_potential_energy()))
+                bar.update(1)
+                if ckpt.due(len(frames)) and len(frames) < n_samples:
+                    ckpt.save({"positions": atoms.get_positions(), "momenta": atoms.get_momenta(),
+                               "rng": rng.bit_generator.state, "frames": np.stack(frames),
+                               "energies": np.asarray(energies)})
         return trajectory_data(target, frames, energies, {
             **settings, "sampler": "ase.md.langevin.Langevin", "calculator": target.calculator},
             units="angstrom")

@@ -59,18 +59,18 @@ def openmm_md(target, n_samples: int = 1000, burn_in: int = 5000, thin: int = 25
                 unit.kilojoule_per_mole)
             ctx.setVelocitiesToTemperature(target.temperature * unit.kelvin, seed + 1)
             integ.step(burn_in)
-        bar = Progress(n_samples, f"openmm_md {target.name}", initial=len(frames),
-                       unit="frame", bar=progress)
-        while len(frames) < n_samples:
-            integ.step(thin)
-            s = ctx.getState(getPositions=True, getEnergy=True)
-            frames.append(np.asarray(s.getPositions(asNumpy=True).value_in_unit(unit.nanometer)))
-            energies.append(s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-            bar.update(1)
-            if ckpt.due(len(frames)) and len(frames) < n_samples:
-                ckpt.save({"omm": ctx.createCheckpoint(), "frames": np.stack(frames),
-                           "energies": np.asarray(energies), "e_min": e_min})
-        bar.close()
+        with Progress(n_samples, f"openmm_md {target.name}", initial=len(frames),
+                      unit="frame", bar=progress) as bar:
+            while len(frames) < n_samples:
+                integ.step(thin)
+                s = ctx.getState(getPositions=True, getEnergy=True)
+                pos = s.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+                frames.append(np.asarray(pos))
+                energies.append(s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+                bar.update(1)
+                if ckpt.due(len(frames)) and len(frames) < n_samples:
+                    ckpt.save({"omm": ctx.createCheckpoint(), "frames": np.stack(frames),
+                               "energies": np.asarray(energies), "e_min": e_min})
         return trajectory_data(target, frames, energies, {
             **settings, "sampler": "OpenMM LangevinMiddleIntegrator",
             "platform": target.platform, "minimized_energy_kj_mol": e_min}, units="nm")
