@@ -6,7 +6,7 @@ on) it is a tqdm bar. Otherwise (a Snakemake job writes stderr to the rule's log
 starts, one whenever `interval` seconds have passed or another `fraction` of the work is done
 (whichever comes first), and one when it closes:
 
-    progress train egnn_mle: 120/200 step (60%) | 1.52 step/s | elapsed 1m19s | ETA 53s | loss 1.234 | val_nll 5.678
+    progress train egnn_mle: 120/200 steps (60%) | 1.52 step/s | elapsed 1m19s | ETA 53s | loss 1.23
 
 `format_line` writes that message and `parse_line` reads it back (used by `flowsci status`).
 The interval defaults to 30 s; FLOWSCI_PROGRESS_INTERVAL (seconds) overrides it, and so does
@@ -85,9 +85,11 @@ def _figure(value: Any) -> str:
 def format_line(desc: str, done: int, total: int | None, unit: str, rate: float | None,
                 elapsed: float, eta: float | None, figures: dict[str, Any] | None = None,
                 state: str | None = None) -> str:
-    """The progress message (see the module docstring). rate: units per second; state:
+    """The progress message (see the module docstring). unit: singular ('step'; counts get
+    an 's'); rate: units per second; state:
     'started' or 'done' in place of the ETA for the first and last lines."""
-    count = f"{done}/{total} {unit} ({100.0 * done / total:.0f}%)" if total else f"{done} {unit}"
+    count = (f"{done}/{total} {unit}s ({100.0 * done / total:.0f}%)" if total
+             else f"{done} {unit}s")
     parts = [f"{PREFIX}{desc}: {count}"]
     if rate is None or rate <= 0:
         parts.append(f"? {unit}/s")
@@ -103,8 +105,8 @@ def format_line(desc: str, done: int, total: int | None, unit: str, rate: float 
     return " | ".join(parts)
 
 
-_LINE = re.compile(r"(?:^|\s)progress (?P<desc>[^|:]+?): (?P<done>\d+)(?:/(?P<total>\d+))? (?P<unit>\S+)"
-                   r"(?: \((?P<pct>\d+)%\))?(?P<rest>(?: \| .*)?)$")
+_LINE = re.compile(r"(?:^|\s)progress (?P<desc>[^|:]+?): (?P<done>\d+)(?:/(?P<total>\d+))? "
+                   r"(?P<unit>\S+)s(?: \((?P<pct>\d+)%\))?(?P<rest>(?: \| .*)?)$")
 
 
 def parse_line(line: str) -> dict[str, Any] | None:
@@ -157,7 +159,8 @@ def _is_terminal(stream) -> bool:
 
 
 class Progress:
-    """Progress of a loop of `total` units (None: unknown), started at `initial`.
+    """Progress of a loop of `total` units (None: unknown; `unit` in the singular), started
+    at `initial`.
 
     bar: progress bars wanted (False for the CLI's --quiet); a tqdm bar is shown only when
     also stderr is a terminal, otherwise log lines are written at the interval. interval:
@@ -171,7 +174,7 @@ class Progress:
     by an exception (use `with`, so that a failing loop leaves no thread behind).
     """
 
-    def __init__(self, total: int | None, desc: str, *, initial: int = 0, unit: str = "it",
+    def __init__(self, total: int | None, desc: str, *, initial: int = 0, unit: str = "item",
                  bar: bool = True, interval: float | None = None,
                  fraction: float = DEFAULT_FRACTION, logger: logging.Logger | None = None,
                  clock: Callable[[], float] = time.monotonic, mininterval: float = 1.0,

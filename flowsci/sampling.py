@@ -31,7 +31,7 @@ def sample_exact(flow, target, n: int, batch_size: int, generator: torch.Generat
     log lines (flowsci.progress) with the count of failed samples so far."""
     xs, lqs, us = [], [], []
     failed, solves, nfe0 = 0, 0, flow.nfe
-    with Progress(n, desc, unit="samples", bar=progress, figures={"failed": 0}) as bar:
+    with Progress(n, desc, unit="sample", bar=progress, figures={"failed": 0}) as bar:
         done = 0
         while done < n:
             m = min(batch_size, n - done)

@@ -81,7 +81,7 @@ def test_a_unit_longer_than_the_interval_still_gets_a_line_per_interval(caplog):
             time.sleep(0.01)
         raise AssertionError(f"fewer than {n_lines} progress lines")
 
-    with Progress(4, "sample r shard 0", unit="samples", bar=False, interval=0.02) as bar:
+    with Progress(4, "sample r shard 0", unit="sample", bar=False, interval=0.02) as bar:
         bar.update(1, failed=0)
         wait_for(4)  # started, 1 (25 % mark), then heartbeats while "the next batch runs"
         beats = _lines(caplog)[2:]
@@ -106,11 +106,12 @@ def test_a_unit_longer_than_the_interval_still_gets_a_line_per_interval(caplog):
 
 
 def test_format_and_parse_are_inverse():
-    text = format_line("sample r shard 0", 40, 100, "samples", 0.25, 160.0, 240.0,
+    text = format_line("sample r shard 0", 40, 100, "sample", 0.25, 160.0, 240.0,
                        {"failed": 2})
+    assert "40/100 samples (40%) | 4 s/sample |" in text
     p = parse_line(f"2024-01-01 12:00:00,000 flowsci.progress INFO: {text}")
-    assert p == {"desc": "sample r shard 0", "done": 40, "total": 100, "unit": "samples",
-                 "rate": "4 s/samples", "elapsed": 160.0, "eta": 240.0, "state": "running",
+    assert p == {"desc": "sample r shard 0", "done": 40, "total": 100, "unit": "sample",
+                 "rate": "4 s/sample", "elapsed": 160.0, "eta": 240.0, "state": "running",
                  "figures": {"failed": "2"}}
     assert parse_line("flowsci.stages.train INFO: training r on s") is None
     for s in (0, 59, 61, 3599, 7322):
@@ -218,7 +219,7 @@ def tree(tmp_path_factory):
         # shard 1 of 'sampling' is running: its log holds a line of a shard half-way
         log1 = paths.log_file(cfg, "sample", "sampling", shard=1)
         log1.write_text("2024-01-01 00:00:00,000 flowsci.progress INFO: " + format_line(
-            "sample sampling shard 1", 10, 20, "samples", 0.5, 20.0, 20.0, {"failed": 0}) + "\n")
+            "sample sampling shard 1", 10, 20, "sample", 0.5, 20.0, 20.0, {"failed": 0}) + "\n")
     finally:
         mp.undo()
     return cfg, logs
@@ -262,7 +263,7 @@ def test_status_reports_the_stage_of_every_system_and_run(tree, capsys):
     assert rows["dw4", "done"].stage == "sampled"
     half = rows["dw4", "half"]
     assert half.stage == "training step 4 of 6"
-    assert half.progress.startswith("4/6 step (66%)") and half.eta not in ("", "-", "?")
+    assert half.progress.startswith("4/6 steps (66%)") and half.eta not in ("", "-", "?")
     assert half.log == str(paths.log_file(cfg, "train", "half"))
     sampling = rows["dw4", "sampling"]
     assert sampling.stage == "sampling 1 of 2 shards"

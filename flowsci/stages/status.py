@@ -60,8 +60,8 @@ def last_progress(path: Path, now: float | None = None) -> tuple[dict, str] | No
             continue
         failed = any(_failed(line) for line in lines[i + 1:])
         age = (now if now is not None else time.time()) - path.stat().st_mtime
-        count = (f"{p['done']}/{p['total']} {p['unit']} ({100 * p['done'] // p['total']}%)"
-                 if p["total"] else f"{p['done']} {p['unit']}")
+        count = (f"{p['done']}/{p['total']} {p['unit']}s ({100 * p['done'] // p['total']}%)"
+                 if p["total"] else f"{p['done']} {p['unit']}s")
         parts = [count] + ([p["rate"]] if p["rate"] else [])
         parts += [f"{k} {v}" for k, v in p["figures"].items()]
         parts.append("FAILED (see log)" if failed else
