@@ -299,3 +299,15 @@ def test_status_follows_the_later_stages_and_marks_failures(tree, tmp_path):
     half = st.run_status(cfg, "half")
     assert "FAILED" in half.progress and half.eta == "-"
     assert run_dir.is_dir()
+
+
+def test_status_of_a_system_being_generated(tmp_path):
+    cfg = _config(tmp_path)
+    log = paths.log_file(cfg, "preprocess", system="lj13")
+    log.parent.mkdir(parents=True)
+    log.write_text("2024-01-01 00:00:00,000 flowsci.progress INFO: " + format_line(
+        "mala lj13", 300, 3000, "step", 10.0, 30.0, 270.0, {"phase": "burn-in"}) + "\n")
+    row = st.system_status(cfg, "lj13")
+    assert (row.stage, row.eta) == ("preprocessing", "4m30s")
+    assert row.progress.startswith("300/3000 steps (10%), 10 step/s, phase burn-in")
+    assert st.run_status(cfg, "untouched").stage == "none"
