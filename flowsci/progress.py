@@ -245,7 +245,7 @@ class Progress:
             if wait <= 0 and not self.closed:
                 self._emit()
                 wait = self.interval
-        return max(wait, 0.01)
+        return min(max(wait, 0.01), 3600.0)  # an infinite interval: check hourly
 
     def _emit(self, state: str | None = None) -> None:
         now = self.clock()
