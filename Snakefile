@@ -19,6 +19,14 @@ include: "workflow/rules/reweight.smk"
 include: "workflow/rules/report.smk"
 
 
+# Cheap jobs run on the submitting host, never through a cluster queue.
+localrules:
+    all,
+    sample_gather,
+    report_run,
+    report_summary,
+
+
 rule all:
     input:
         report_outputs(),

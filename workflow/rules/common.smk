@@ -1,6 +1,7 @@
 # Shared helpers: config validation (same schema as the CLI), stage-file patterns (P, from
 # flowsci.paths) and the CLI prefix.
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -29,6 +30,11 @@ wildcard_constraints:
     run="|".join(RUNS),
 
 
+# Conda environment of all rules (--sdm conda): the CUDA build of torch when the config asks
+# for the GPU, else the CPU build (a path relative to the rule files in workflow/rules).
+CONDA_ENV = f"../../envs/flowsci-{'cuda' if config['device'] == 'cuda' else 'cpu'}.yaml"
+
+
 def system_of(run):
     return config["runs"][run]["system"]
 
@@ -41,7 +47,12 @@ def flowsci_cmd(stage):
     """Shell prefix calling a stage with the validated config. --quiet: no progress bars; the
     stage writes progress lines (count, rate, elapsed, ETA, key figures) to its rule's log
     instead, every FLOWSCI_PROGRESS_INTERVAL seconds (default 30) or 10 % of the work."""
-    return f"flowsci {stage} --config {CONFIG_FILE} --quiet"
+    return f"flowsci {flowsci_args(stage)}"
+
+
+def flowsci_args(stage):
+    """The arguments of flowsci_cmd(stage) after `flowsci` (for another launcher: torchrun)."""
+    return f"{stage} --config {CONFIG_FILE} --quiet"
 
 
 def section(*keys):
@@ -70,3 +81,35 @@ def preprocess_inputs(wildcards):
     """The user's raw input file, when the system is read from one."""
     data = config["systems"][wildcards.system]["data"]
     return [data["input"]["path"]] if data["source"] == "file" else []
+
+
+# Cluster resources (SLURM via snakemake-executor-plugin-slurm; a local run ignores them unless
+# given --resources). Defaults for a real cluster, derived from the config; partitions and
+# accounts live in workflow/profiles/slurm only. Override any of them per rule with
+# --set-resources RULE:KEY=VALUE or the profile's set-resources. Runtimes are minutes and grow
+# with the attempt: with the profile's `retries`, a train job that hit its time limit is
+# resubmitted with more time and resumes from its last checkpoint.
+TRAIN_SECONDS_PER_STEP = 2.0  # generous: maximum likelihood with an exact-trace field on a GPU
+SAMPLE_SECONDS_PER_SAMPLE = 0.5  # generous: exact log q per sample (an autograd trace, LJ55)
+MEM_MB = {"preprocess": 8000, "train": 16000, "sample_shard": 16000, "reweight": 8000}
+
+
+def _minutes(seconds, attempt, base=30):
+    return attempt * (base + math.ceil(seconds / 60))
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes for a train job: 30 + steps x TRAIN_SECONDS_PER_STEP, times the attempt."""
+    steps = config["runs"][wildcards.run]["training"]["steps"]
+    return _minutes(steps * TRAIN_SECONDS_PER_STEP, attempt)
+
+
+def sample_runtime(wildcards, attempt):
+    """Minutes for a sample shard: 30 + its samples x SAMPLE_SECONDS_PER_SAMPLE, x attempt."""
+    s = config["runs"][wildcards.run]["sampling"]
+    return _minutes(math.ceil(s["n_samples"] / s["n_shards"]) * SAMPLE_SECONDS_PER_SAMPLE,
+                    attempt)
+
+
+def fixed_runtime(minutes):
+    return lambda wildcards, attempt: attempt * minutes

@@ -9,11 +9,14 @@ rule preprocess:
     params:
         spec=section("systems", "{system}"),
         cmd=flowsci_cmd("preprocess"),
+    resources:
+        runtime=fixed_runtime(120),
+        mem_mb=MEM_MB["preprocess"],
     log:
         P("log_preprocess"),
     benchmark:
         f"{RESULTS}/{{system}}/benchmarks/preprocess.tsv"
     conda:
-        "../../envs/flowsci.yaml"
+        CONDA_ENV
     shell:
         "{params.cmd} --system {wildcards.system} --force > {log} 2>&1"

@@ -26,7 +26,7 @@ rule report_run:
     benchmark:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/report_run.tsv"
     conda:
-        "../../envs/flowsci.yaml"
+        CONDA_ENV
     params:
         cmd=flowsci_cmd("report"),
         captions=_rp_captions,
@@ -49,7 +49,7 @@ rule report_summary:
     benchmark:
         f"{RESULTS}/benchmarks/report_summary.tsv"
     conda:
-        "../../envs/flowsci.yaml"
+        CONDA_ENV
     params:
         cmd=flowsci_cmd("report"),
     shell:

@@ -7,12 +7,15 @@ rule reweight:
     output:
         h5=P("reweight"),
         metrics=P("metrics"),
+    resources:
+        runtime=fixed_runtime(60),
+        mem_mb=MEM_MB["reweight"],
     log:
         P("log_reweight"),
     benchmark:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/reweight.tsv"
     conda:
-        "../../envs/flowsci.yaml"
+        CONDA_ENV
     params:
         spec=lambda w: json.dumps([config["runs"][w.run]["reweighting"],
                                    config["systems"][w.system].get("observables", {})],

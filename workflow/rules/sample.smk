@@ -1,4 +1,6 @@
 # sample: model.pt -> samples/shard-{i}.h5 (one job per shard) -> samples.h5 (gather)
+# On a cluster every shard is its own job with its own GPU; the gather is a local rule
+# (Snakefile's localrules: it only concatenates the shards).
 
 
 rule sample_shard:
@@ -13,12 +15,14 @@ rule sample_shard:
         shard=r"\d+",
     resources:
         gpu=1,
+        runtime=sample_runtime,
+        mem_mb=MEM_MB["sample_shard"],
     log:
         P("log_sample"),
     benchmark:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/sample-{{shard}}.tsv"
     conda:
-        "../../envs/flowsci.yaml"
+        CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} {params.cmd} --run {wildcards.run} --shard {wildcards.shard}"
         " > {log} 2>&1"
@@ -34,7 +38,7 @@ rule sample_gather:
     benchmark:
         f"{RESULTS}/{{system}}/{{run}}/benchmarks/sample-gather.tsv"
     conda:
-        "../../envs/flowsci.yaml"
+        CONDA_ENV
     params:
         cmd=flowsci_cmd("sample"),
     shell:
