@@ -10,15 +10,16 @@ from pathlib import Path
 import torch
 
 from .. import paths
-from ..data.hdf5 import read_array, sha256_of, validate_h5
+from ..data.hdf5 import read_array, sha256_of
 from ..device import resolve_device, resolve_dtype
 from ..errors import ConfigError
 from ..flows.build import build_flow
 from ..flows.cnf import CNF
 from ..model_file import ModelFile, save_model_file
 from ..systems import build_target
-from ..training import OBJECTIVES, TrainSettings, train_flow
+from ..training import OBJECTIVES, TrainSettings, distributed, train_flow
 from ..training.loop import validation_nll
+from .checks import check_data_file
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 def load_split(config: dict, system: str, split: str) -> torch.Tensor:
     """A split of the system's data as a float64 tensor [N, *event]."""
     path = paths.data_file(config, system)
-    attrs = validate_h5(path)
+    target = build_target(config["systems"][system]["target"], f"systems.{system}.target")
+    attrs = check_data_file(config, system, target, path)  # made for this config's system
     main = "positions" if attrs["kind"] == "particles" else "fields"
     return torch.as_tensor(read_array(path, main, split), dtype=torch.float64)
 
@@ -36,11 +38,13 @@ RESUMABLE_KEYS = ("steps", "val_every", "val_samples", "checkpoint_every")
 
 
 def training_fingerprint(config: dict, run: str) -> str:
-    """Hash of what a checkpoint depends on: the data file and the model/training settings
-    (minus RESUMABLE_KEYS), so a checkpoint is never resumed for other data or settings."""
+    """Hash of what a checkpoint depends on: the data file, the target and the model/training
+    settings (minus RESUMABLE_KEYS), so a checkpoint is never resumed for other data, another
+    target or other settings."""
     spec = config["runs"][run]
     training = {k: v for k, v in spec["training"].items() if k not in RESUMABLE_KEYS}
     key = json.dumps({"model": spec["model"], "prior": spec["prior"], "training": training,
+                      "target": config["systems"][spec["system"]]["target"],
                       "data": sha256_of(paths.data_file(config, spec["system"]))},
                      sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()
@@ -49,12 +53,25 @@ def training_fingerprint(config: dict, run: str) -> str:
 def train(config: dict, run: str, progress: bool = True, device: str | None = None,
           stop_after: int | None = None) -> Path | None:
     """Train the run's flow; resumes from its checkpoints. Returns model.pt, or None when
-    `stop_after` ended the run early (call again to continue)."""
+    `stop_after` ended the run early (call again to continue).
+
+    Started by `torchrun --nproc_per_node N` (WORLD_SIZE etc. set), the N processes train one
+    model with DDP (NCCL on CUDA, each rank on cuda:LOCAL_RANK; gloo on CPU): each takes its
+    slice of every global batch of training.batch_size; rank 0 alone writes checkpoints,
+    train_log.csv and model.pt."""
+    dev = resolve_device(device or config["device"])
+    with distributed.session(dev) as where:
+        if dev.type == "cuda" and where.world_size > 1:
+            dev = torch.device("cuda", where.local_rank)
+        return _train(config, run, progress, dev, stop_after, where)
+
+
+def _train(config: dict, run: str, progress: bool, dev: torch.device,
+           stop_after: int | None, where: distributed.DistInfo) -> Path | None:
     spec = config["runs"][run]
     system = spec["system"]
     target = build_target(config["systems"][system]["target"], f"systems.{system}.target")
     tr = spec["training"]
-    dev = resolve_device(device or config["device"])
     dtype = resolve_dtype(tr["dtype"])
     torch.manual_seed(tr["seed"])
     flow = build_flow(spec, target, run).to(dev, dtype)
@@ -64,24 +81,33 @@ def train(config: dict, run: str, progress: bool = True, device: str | None = No
     if objective.needs_vector_field and not isinstance(flow, CNF):
         raise ConfigError(f"{key}: {tr['objective']['name']!r} trains a vector field, but model "
                           f"{spec['model']['name']!r} is a flow without one; use 'likelihood'")
+    if tr["batch_size"] % where.world_size:
+        raise ConfigError(f"runs.{run}.training.batch_size = {tr['batch_size']} must be "
+                          f"divisible by the number of processes ({where.world_size})")
     train_x = load_split(config, system, "train").to(dev, dtype)
     val_x = load_split(config, system, "val").to(dev, dtype)
     out_dir = paths.run_dir(config, run)
     settings = TrainSettings.from_config(tr)
-    log.info("training %s on %s (%s, %s): %d train / %d val samples", run, system, dev, dtype,
-             len(train_x), len(val_x))
+    if where.is_main:
+        log.info("training %s on %s (%s, %s, %d process%s): %d train / %d val samples", run,
+                 system, dev, dtype, where.world_size, "es" if where.world_size > 1 else "",
+                 len(train_x), len(val_x))
     result = train_flow(flow, objective, train_x, settings, val_x=val_x, out_dir=out_dir,
                         progress=progress, stop_after=stop_after,
                         fingerprint=training_fingerprint(config, run), desc=f"train {run}")
     if not result["finished"]:
         return None
-    test_x = load_split(config, system, "test").to(dev, dtype)[:1000]
-    raw_state = {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()}
-    flow.load_state_dict({**flow.state_dict(), **result["ema"]})
-    test_nll = validation_nll(flow, test_x)
-    model = ModelFile.for_run(config, run, flow.state_dict(), raw_state,  # EMA, last weights
-                              step=result["step"], train_seconds=result["elapsed"],
-                              test_nll=test_nll)
-    path = save_model_file(paths.model_file(config, run), model)
-    log.info("saved %s (test NLL %.4f, %.1f s)", path, test_nll, result["elapsed"])
+    path = paths.model_file(config, run)
+    if where.is_main:
+        test_x = load_split(config, system, "test").to(dev, dtype)[:1000]
+        raw_state = {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()}
+        flow.load_state_dict({**flow.state_dict(), **result["ema"]})
+        test_nll = validation_nll(flow, test_x)
+        model = ModelFile.for_run(config, run, flow.state_dict(), raw_state,  # EMA, last weights
+                                  step=result["step"], train_seconds=result["elapsed"],
+                                  test_nll=test_nll)
+        path = save_model_file(path, model)
+        log.info("saved %s (test NLL %.4f, %.1f s%s)", path, test_nll, result["elapsed"],
+                 f", {result['skipped_steps']} skipped steps" if result["skipped_steps"] else "")
+    distributed.barrier()  # model.pt exists before any rank returns
     return path

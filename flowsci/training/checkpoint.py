@@ -1,28 +1,65 @@
-"""Checkpoints with everything needed for an exact resume (loaded with weights_only=True)."""
+"""Checkpoints with everything needed for an exact resume (loaded with weights_only=True).
+
+A checkpoint holds the plain (never DDP-wrapped) module state, optimizer, scheduler, EMA, the
+shared data RNG and the global torch RNG, the step, the fingerprint and the failure guard's
+state (`guard`: learning-rate factor and rollbacks so far). Non-finite weights are never
+written (`save_checkpoint` raises) and never resumed (`load_checkpoint` refuses the file).
+`capture_state` / `restore_state` are the same state in memory (the guard's rollback copy).
+"""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import torch
 
-from ..io import atomic_output
 from ..errors import DataError
+from ..io import atomic_output
+from .guard import NonFiniteError
 
 _NAME = re.compile(r"ckpt-(\d+)\.pt$")
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, elapsed: float, model, opt, sched, ema,
-                    gen: torch.Generator, fingerprint: str = "", keep: int = 2) -> Path:
+def capture_state(step: int, elapsed: float, model, opt, sched, ema, gen: torch.Generator,
+                  fingerprint: str = "", guard: dict | None = None, copy_: bool = False) -> dict:
+    """The checkpoint dict (tensors shared with the live objects unless copy_=True)."""
     state = {
         "step": step, "elapsed": elapsed, "fingerprint": fingerprint,
         "model": model.state_dict(), "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(), "ema": ema.state_dict(),
         "rng_data": gen.get_state(), "rng_torch": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "guard": dict(guard or {}),
     }
-    path = Path(ckpt_dir) / f"ckpt-{step}.pt"
+    return copy.deepcopy(state) if copy_ else state
+
+
+def first_non_finite(state: dict) -> str | None:
+    """'model.<key>' or 'ema.<key>' of the first tensor with a NaN/inf entry, else None."""
+    for part in ("model", "ema"):
+        for k, v in state.get(part, {}).items():
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                return f"{part}.{k}"
+    return None
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, elapsed: float, model, opt, sched, ema,
+                    gen: torch.Generator, fingerprint: str = "", keep: int = 2,
+                    guard: dict | None = None) -> Path:
+    """Write ckpt_dir/ckpt-{step}.pt atomically, keeping the newest `keep`. NonFiniteError
+    (nothing written) when the weights or their EMA hold NaN or inf."""
+    return write_state(ckpt_dir, capture_state(step, elapsed, model, opt, sched, ema, gen,
+                                               fingerprint, guard), keep)
+
+
+def write_state(ckpt_dir: Path, state: dict, keep: int = 2) -> Path:
+    """Write a `capture_state` dict as ckpt-{step}.pt (refusing non-finite weights)."""
+    path = Path(ckpt_dir) / f"ckpt-{state['step']}.pt"
+    if (bad := first_non_finite(state)) is not None:
+        raise NonFiniteError(f"{path}: refusing to write a checkpoint with non-finite values "
+                             f"in {bad} at step {state['step']}")
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
     for old in sorted(Path(ckpt_dir).glob("ckpt-*.pt"), key=_step_of)[:-keep]:
@@ -41,15 +78,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, opt, sched, ema, gen: torch.Generator,
-                    fingerprint: str = "") -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise DataError(f"{path}: cannot read checkpoint ({e}); delete it to restart") from None
-    if state.get("fingerprint", "") != fingerprint:
-        raise DataError(f"{path}: checkpoint was written for other data or training settings; "
-                        f"delete {Path(path).parent} to train from scratch")
+def restore_state(state: dict, model, opt, sched, ema, gen: torch.Generator) -> None:
+    """Load a `capture_state` dict into the live objects (tensors are copied in place)."""
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -58,4 +88,22 @@ def load_checkpoint(path: Path, model, opt, sched, ema, gen: torch.Generator,
     torch.set_rng_state(state["rng_torch"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+def load_checkpoint(path: Path, model, opt, sched, ema, gen: torch.Generator,
+                    fingerprint: str = "") -> dict:
+    """Resume from `path`; DataError naming the file if it is unreadable, was written for
+    another fingerprint, or holds non-finite weights. Returns the checkpoint dict."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise DataError(f"{path}: cannot read checkpoint ({e}); delete it to restart") from None
+    if state.get("fingerprint", "") != fingerprint:
+        raise DataError(f"{path}: checkpoint was written for other data or training settings; "
+                        f"delete {Path(path).parent} to train from scratch")
+    if (bad := first_non_finite(state)) is not None:
+        raise DataError(f"{path}: checkpoint holds non-finite weights ({bad}); delete it to "
+                        f"resume from an earlier checkpoint, or delete {Path(path).parent} "
+                        "and lower training.lr")
+    restore_state(state, model, opt, sched, ema, gen)
     return state

@@ -4,6 +4,9 @@ Optional regularisers of Finlay et al. 2020 ("How to train your neural ODE") are
 same solve by augmenting the dynamics: kinetic energy int |f|^2 dt and Jacobian Frobenius norm
 int |eps^T df/dx|^2 dt (Hutchinson), each averaged over the batch and per event dimension.
 The ODE solver used in training is the flow's own `train_solver` (config training.solver).
+Under DDP each rank draws its Hutchinson probes from its own stream: the run is statistically,
+not numerically, the same as one process (divergence='exact' is deterministic given the batch
+and matches one process up to round-off).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..flows.base import Flow, LikelihoodEstimate
+from . import distributed
 from .objectives import OBJECTIVES
 
 
@@ -35,7 +39,11 @@ class MaximumLikelihood:
 
     def __call__(self, flow: Flow, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         nfe0 = flow.nfe
-        out = flow.training_log_prob(x, self.estimate)
+        if distributed.world_size() > 1 and (self.estimate.divergence == "hutchinson"
+                                             or self.estimate.regularise):
+            out = self._per_rank_probes(flow, x)
+        else:
+            out = flow.training_log_prob(x, self.estimate)
         nll = -out.log_q.mean()
         loss = (nll / self.dim + self.kinetic_weight * out.kinetic.mean()
                 + self.jacobian_weight * out.jacobian_frob.mean())
@@ -44,3 +52,12 @@ class MaximumLikelihood:
             stats.update(kinetic=out.kinetic.mean().item(),
                          jacobian_frob=out.jacobian_frob.mean().item())
         return loss, stats
+
+    def _per_rank_probes(self, flow: Flow, x: torch.Tensor):
+        """Under DDP: the Hutchinson probes come from a per-rank stream (seeded from the shared
+        RNG, plus the rank) so that the ranks' probes are independent, as in one process."""
+        seed = int(torch.randint(0, 2**62, (1,)))  # the same on every rank
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(distributed.fork_seed(seed))
+            return flow.training_log_prob(x, self.estimate)

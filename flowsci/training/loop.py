@@ -4,6 +4,7 @@ with loss, last validation NLL and ETA otherwise) and a CSV log."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import time
@@ -15,8 +16,11 @@ from torch import nn
 
 from ..flows.base import Flow
 from ..progress import Progress
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from . import distributed
+from .checkpoint import (capture_state, first_non_finite, latest_checkpoint, load_checkpoint,
+                         restore_state, write_state)
 from .ema import EMA
+from .guard import GuardSettings, StepGuard
 
 LOG_FIELDS = ["step", "loss", "nll", "nfe", "grad_norm", "lr", "seconds", "val_nll"]
 
@@ -44,15 +48,18 @@ class TrainSettings:
         return cls(**{k: v for k, v in section.items() if k in names})
 
 
-def lr_lambda(settings: TrainSettings):
+def lr_lambda(settings: TrainSettings, scale=lambda: 1.0):
+    """step -> learning-rate multiplier: warm-up, then constant or cosine, times scale() (the
+    failure guard's factor, lowered by each rollback)."""
+
     def factor(step: int) -> float:
         if step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
+            return (step + 1) / settings.warmup_steps * scale()
         if settings.lr_schedule == "constant":
-            return 1.0
+            return scale()
         span = max(settings.steps - settings.warmup_steps, 1)
         progress = min((step - settings.warmup_steps) / span, 1.0)
-        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))) * scale()
 
     return factor
 
@@ -70,10 +77,48 @@ def validation_nll(flow: Flow, x: torch.Tensor, batch_size: int = 512) -> float:
     return total / len(x)
 
 
+class _Objective(nn.Module):
+    """What DDP wraps: forward(x) = objective(flow, x), so that DDP sees the forward pass
+    whose backward it synchronises, however often the flow calls its field inside."""
+
+    def __init__(self, flow: nn.Module, objective):
+        super().__init__()
+        self.flow = flow
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective(self.flow, x)
+
+
+def _wrap(flow: nn.Module, objective, device: torch.device) -> nn.Module:
+    """The objective as a module; under torchrun wrapped in DistributedDataParallel (which
+    broadcasts rank 0's parameters and averages the gradients in backward)."""
+    module = _Objective(flow, objective)
+    if not distributed.active():
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class _Quiet:
+    """Progress stand-in for ranks other than 0 (they write nothing)."""
+
+    def __enter__(self) -> "_Quiet":
+        return self
+
+    def __exit__(self, *_) -> None:
+        return None
+
+    def update(self, n: int = 1, **figures) -> None:
+        return None
+
+
 def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: TrainSettings,
                val_x: torch.Tensor | None = None, out_dir: str | Path | None = None,
                progress: bool = True, stop_after: int | None = None,
-               fingerprint: str = "", desc: str = "train") -> dict:
+               fingerprint: str = "", desc: str = "train",
+               guard: GuardSettings | None = None) -> dict:
     """Train `flow` in place; resume from out_dir/checkpoints if a checkpoint exists.
 
     train_x, val_x: [N, *event] on the flow's device. Writes out_dir/train_log.csv and
@@ -81,11 +126,18 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     run long trainings in chunks, and by the resume test). fingerprint: identifies the data
     and settings; a checkpoint written with another fingerprint is refused, not resumed.
     progress: a bar on a terminal; log lines (flowsci.progress) are written either way when
-    there is no bar. desc: names the loop in those. Returns the final state summary.
+    there is no bar. desc: names the loop in those. guard: limits of the failure handling
+    (guard.py). Under torchrun (distributed.session) every rank trains on its slice of each
+    global batch through DDP; only rank 0 writes files and progress. Returns the final state
+    summary (step, elapsed, EMA weights, finished, skipped_steps, rollbacks, warnings).
     """
+    where = distributed.info()
+    rows = distributed.rank_slice(settings.batch_size, where)
     params = [p for p in flow.parameters() if p.requires_grad]
+    device = params[0].device if params else train_x.device
+    guard_ = StepGuard(guard or GuardSettings(), desc, settings.steps, main=where.is_main)
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(settings, lambda: guard_.lr_scale))
     ema = EMA(flow, settings.ema_decay)
     gen = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -95,33 +147,54 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     if ckpt_dir is not None and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(ckpt, flow, opt, sched, ema, gen, fingerprint)
         step, elapsed = state["step"], state["elapsed"]
-    log = _Log(out_dir / "train_log.csv" if out_dir else None, resume_step=step)
-    last = stop_after if stop_after is not None else settings.steps
-    last = min(last, settings.steps)
+        guard_.load(state.get("guard"))
+    model = _wrap(flow, objective, device)
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 writes one
+
+    def snapshot() -> dict:
+        return capture_state(step, elapsed, flow, opt, sched, ema, gen, fingerprint,
+                             guard_.state(), copy_=True)
+
+    good = snapshot()  # the state a rollback returns to (the last checkpoint)
+    main_dir = out_dir if where.is_main else None
+    log = _Log(main_dir / "train_log.csv" if main_dir else None, resume_step=step)
+    last = min(stop_after if stop_after is not None else settings.steps, settings.steps)
     figures = {"loss": float("nan"), "val_nll": log.last_val_nll}
-    with Progress(settings.steps, desc, initial=step, unit="step", bar=progress,
-                  mininterval=2.0, figures=figures) as bar:
+    bar = (Progress(settings.steps, desc, initial=step, unit="step", bar=progress,
+                    mininterval=2.0, figures=figures) if where.is_main else _Quiet())
+    with bar:
         while step < last:
             t0 = time.perf_counter()
             idx = torch.randint(0, len(train_x), (settings.batch_size,), generator=gen)
-            batch = train_x[idx.to(train_x.device)]
-            loss, stats = objective(flow, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at step {step + 1}: {stats}")
+            batch = train_x[idx[rows].to(train_x.device)]
+            loss, stats = model(batch)
+            nll = stats.get("nll", float("nan"))
+            loss_g, nll_g = distributed.mean_across(torch.tensor(
+                [loss.item(), nll], dtype=torch.float64, device=device)).tolist()
+            grad_norm = float("nan")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
+            if math.isfinite(loss_g):  # the same decision on every rank: all or none call backward
+                loss.backward()
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
+                grad_norm = distributed.mean_across(torch.tensor(
+                    [grad_norm], dtype=torch.float64, device=device)).item()
+            verdict = guard_.verdict(step + 1, loss_g, grad_norm)
+            elapsed += time.perf_counter() - t0
+            if verdict != "ok":
+                opt.zero_grad(set_to_none=True)
+                if verdict == "rollback":
+                    step = _rollback(guard_, good, step, flow, opt, sched, ema, gen, log,
+                                     ckpt_dir if where.is_main else None, keep_elapsed=elapsed)
+                continue
             opt.step()
             sched.step()
             ema.update(flow)
             step += 1
-            dt = time.perf_counter() - t0
-            elapsed += dt
-            row = {"step": step, "loss": loss.item(), "nll": stats.get("nll", float("nan")),
-                   "nfe": stats.get("nfe", 0), "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
-                   "seconds": dt, "val_nll": ""}
-            if val_x is not None and len(val_x) and (step % settings.val_every == 0
-                                                     or step == settings.steps):
+            row = {"step": step, "loss": loss_g, "nll": nll_g, "nfe": stats.get("nfe", 0),
+                   "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
+                   "seconds": time.perf_counter() - t0, "val_nll": ""}
+            if (where.is_main and val_x is not None and len(val_x)
+                    and (step % settings.val_every == 0 or step == settings.steps)):
                 with ema.applied(flow):
                     row["val_nll"] = validation_nll(flow, val_x[:settings.val_samples])
             log.write(row)
@@ -129,17 +202,55 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
             if row["val_nll"] != "":
                 figures["val_nll"] = row["val_nll"]
             bar.update(1, **figures)
-            if ckpt_dir is not None and (step % settings.checkpoint_every == 0 or step == last):
-                save_checkpoint(ckpt_dir, step, elapsed, flow, opt, sched, ema, gen, fingerprint)
+            if step % settings.checkpoint_every == 0 or step == last:
+                candidate = snapshot()
+                if (bad := first_non_finite(candidate)) is not None:  # same on every rank
+                    guard_.start_rollback(step, f"non-finite weights ({bad})")
+                    step = _rollback(guard_, good, step, flow, opt, sched, ema, gen, log,
+                                     ckpt_dir if where.is_main else None, keep_elapsed=elapsed,
+                                     started=True)
+                    continue
+                good = candidate
+                if ckpt_dir is not None and where.is_main:
+                    write_state(ckpt_dir, good)
     log.close()
+    distributed.barrier()  # no rank leaves while rank 0 still writes
     return {"step": step, "elapsed": elapsed, "ema": ema.weights(),
-            "finished": step >= settings.steps}
+            "finished": step >= settings.steps, "skipped_steps": guard_.skipped,
+            "rollbacks": guard_.rollbacks, "lr_scale": guard_.lr_scale,
+            "warnings": list(guard_.warnings)}
+
+
+def _rollback(guard: StepGuard, good: dict, step: int, flow, opt, sched, ema, gen, log: "_Log",
+              ckpt_dir: Path | None, keep_elapsed: float, started: bool = False) -> int:
+    """Return to the state `good` with a lowered learning rate (TrainingDivergedError when
+    the rollback budget is spent); rewrites the log and, with ckpt_dir, the checkpoint (so
+    that a resume keeps the new learning-rate factor). Returns the step rolled back to."""
+    if not started:
+        guard.start_rollback(step)
+    restore_state(good, flow, opt, sched, ema, gen)
+    guard.rolled_back(step, good["step"], opt, sched)
+    good["guard"] = guard.state()
+    good["optimizer"] = copy.deepcopy(opt.state_dict())
+    good["scheduler"] = copy.deepcopy(sched.state_dict())
+    log.rewind(good["step"])
+    if ckpt_dir is not None and good["step"] > 0:
+        write_state(ckpt_dir, {**good, "elapsed": keep_elapsed})
+    return good["step"]
 
 
 class _Log:
     """Append-only CSV log; on resume, rows after the checkpointed step are dropped."""
 
     def __init__(self, path: Path | None, resume_step: int):
+        self._open(path, resume_step)
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows after `step` (after a rollback)."""
+        self.close()
+        self._open(self.path, step)
+
+    def _open(self, path: Path | None, resume_step: int) -> None:
         self.path = path
         self.file = None
         self.last_val_nll = float("nan")  # of the kept rows (shown in progress on resume)

@@ -11,6 +11,8 @@ exact likelihoods afterwards. Couplings:
 - `equivariant_ot_flow_matching`: each candidate pair is first aligned over rotations and
   permutations of identical particles (`flowsci.flows.symmetry.align`); the OT cost is the
   aligned distance and training uses the aligned x0 (Klein, Kraemer & Noe 2023).
+Under DDP (several processes) x0, t and the noise are drawn for the global batch and sliced,
+as in one process; the OT couplings are computed within each rank's slice of the batch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ..geometry import remove_mean
 from ..flows.symmetry import apply_permutation, apply_rotation, pairwise_align
+from .distributed import global_rows
 from .objectives import OBJECTIVES
 
 
@@ -77,16 +80,20 @@ class FlowMatching:
         """flow: a CNF (uses flow.field, flow.prior); x: data batch [B, *event]."""
         x1 = self._centre(x)
         b = x1.shape[0]
-        x0 = flow.prior.sample(b).to(dtype=x1.dtype, device=x1.device)
+        like = {"dtype": x1.dtype, "device": x1.device}
+        # Under DDP the draws are made for the global batch and sliced to this rank
+        # (global_rows), so they equal a single-process run's; alone: a plain draw of b.
+        x0 = global_rows(lambda n: flow.prior.sample(n), b).to(**like)
         x0 = self._centre(x0)
         with torch.no_grad():
-            x0, x1, stats = self.couple(x0, x1)
-        t = torch.rand(b, dtype=x1.dtype, device=x1.device) * (self.t_max - self.t_min)
+            x0, x1, stats = self.couple(x0, x1)  # under DDP: within this rank's slice
+        t = global_rows(lambda n: torch.rand(n, **like), b) * (self.t_max - self.t_min)
         t = t + self.t_min
         tt = t.reshape(b, *([1] * (x1.dim() - 1)))
         xt = (1 - tt) * x0 + tt * x1
         if self.sigma > 0:
-            xt = xt + self.sigma * self._centre(torch.randn_like(xt))
+            noise = global_rows(lambda n: torch.randn(n, *xt.shape[1:], **like), b)
+            xt = xt + self.sigma * self._centre(noise)
         u = x1 - x0
         v = flow.field(t, xt)
         loss = ((v - u) ** 2).mean()
