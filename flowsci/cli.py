@@ -8,6 +8,7 @@ or with --quiet, long loops write progress lines there (flowsci.progress) instea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -16,53 +17,73 @@ from typing import Callable
 from .config import load_config
 from .errors import ConfigError, FlowsciError
 from .progress import ENV_INTERVAL, interval_from_env
+from .stages.locking import stage_lock
 
 log = logging.getLogger("flowsci")
+
+
+def _names(cfg: dict, a: argparse.Namespace, section: str, option: str) -> list[str]:
+    """The --run / --system names given (default: all), each checked against the config."""
+    given = getattr(a, option) or list(cfg[section])
+    for name in given:
+        if name not in cfg[section]:
+            raise ConfigError(f"--{option} {name!r}: no such entry in the config's {section} "
+                              f"(it has: {', '.join(cfg[section]) or 'none'})")
+    return given
 
 
 def _preprocess(cfg: dict, a: argparse.Namespace) -> None:
     from .stages.preprocess import preprocess
 
-    for system in a.system or list(cfg["systems"]):
-        print(preprocess(cfg, system, out=a.out, force=a.force, progress=not a.quiet))
+    for system in _names(cfg, a, "systems", "system"):
+        with stage_lock(cfg, "preprocess", system=system, out=a.out):
+            print(preprocess(cfg, system, out=a.out, force=a.force, progress=not a.quiet))
 
 
 def _train(cfg: dict, a: argparse.Namespace) -> None:
     from .stages.train import train
 
-    for run in a.run or list(cfg["runs"]):
-        path = train(cfg, run, progress=not a.quiet, device=a.device, stop_after=a.stop_after)
+    for run in _names(cfg, a, "runs", "run"):
+        with stage_lock(cfg, "train", run=run):
+            path = train(cfg, run, progress=not a.quiet, device=a.device, stop_after=a.stop_after)
         print(path if path else f"{run}: stopped at step {a.stop_after}; run again to resume")
 
 
 def _sample(cfg: dict, a: argparse.Namespace) -> None:
     from .stages.sample import gather, sample
 
-    for run in a.run or list(cfg["runs"]):
-        if a.gather:
-            print(gather(cfg, run))
-            continue
-        n_shards = cfg["runs"][run]["sampling"]["n_shards"]
-        shards = [a.shard] if a.shard is not None else range(n_shards)
-        for i in shards:
-            print(sample(cfg, run, shard=i, progress=not a.quiet, device=a.device))
-        if a.shard is None:
-            print(gather(cfg, run))
+    for run in _names(cfg, a, "runs", "run"):
+        if not a.gather:
+            n_shards = cfg["runs"][run]["sampling"]["n_shards"]
+            for i in [a.shard] if a.shard is not None else range(n_shards):
+                with stage_lock(cfg, "sample", run=run, shard=i):
+                    print(sample(cfg, run, shard=i, progress=not a.quiet, device=a.device))
+        if a.gather or a.shard is None:
+            with stage_lock(cfg, "gather", run=run):
+                print(gather(cfg, run))
 
 
 def _reweight(cfg: dict, a: argparse.Namespace) -> None:
     from .stages.reweight import reweight
 
-    for run in a.run or list(cfg["runs"]):
-        print(reweight(cfg, run))
+    for run in _names(cfg, a, "runs", "run"):
+        with stage_lock(cfg, "reweight", run=run):
+            print(reweight(cfg, run))
 
 
 def _report(cfg: dict, a: argparse.Namespace) -> None:
     from .stages.report import report
 
-    for path in report(cfg, runs=a.run, out_dir=a.out, figures=not a.summary_only,
-                       summary=not a.no_summary):
-        print(path)
+    runs = _names(cfg, a, "runs", "run")
+    with contextlib.ExitStack() as locks:
+        if not a.summary_only:
+            for run in runs:
+                locks.enter_context(stage_lock(cfg, "report", run=run))
+        if not a.no_summary:
+            locks.enter_context(stage_lock(cfg, "summary", out=a.out))
+        for path in report(cfg, runs=a.run, out_dir=a.out, figures=not a.summary_only,
+                           summary=not a.no_summary):
+            print(path)
 
 
 def _status(cfg: dict, a: argparse.Namespace) -> None:
@@ -139,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg, args)
     except FlowsciError as e:
         print(f"flowsci {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused: name the file, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"flowsci {args.stage}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     return 0
 

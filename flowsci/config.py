@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
+from .io import atomic_output
 
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "config.schema.yaml"
 
@@ -50,7 +52,7 @@ def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[st
 
     Raises ConfigError naming the offending key path and the source file.
     """
-    config = copy.deepcopy(config)
+    config = _yaml12_numbers(copy.deepcopy(config))
     validator = _Validator(load_schema())
     # a second pass validates the defaults that the first pass inserted
     for _ in range(2):
@@ -61,6 +63,22 @@ def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[st
             raise ConfigError(f"{source}: config key {where}: {e.message}")
     _check_consistency(config, source)
     return config
+
+
+# Numbers in exponent form without a dot or exponent sign ("1e-2", "5E3"): YAML 1.2 reads them
+# as floats, PyYAML (YAML 1.1) as strings, so a config saying lr: 1e-3 would fail or, in free
+# params, pass a string on. Applied to every value (files, --set and Snakemake's config).
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
+def _yaml12_numbers(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _yaml12_numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_yaml12_numbers(v) for v in node]
+    if isinstance(node, str) and _YAML12_FLOAT.fullmatch(node.strip()):
+        return float(node)
+    return node
 
 
 def _check_consistency(config: dict, source: str) -> None:
@@ -113,13 +131,22 @@ def apply_override(config: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
+def canonical_json(v: Any) -> str:
+    """A config value as sorted-key JSON: equal strings <=> equal settings."""
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def short_json(v: Any, limit: int = 200) -> str:
+    """canonical_json cut to `limit` characters, for error messages."""
+    text = canonical_json(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def dump_config(config: dict, path: str | os.PathLike) -> None:
     """Write `config` as YAML atomically (only if the content changed, to keep mtimes stable)."""
     path = Path(path)
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
     if path.exists() and path.read_text() == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:  # a unique temporary: concurrent workflows do not clash
+        tmp.write_text(text)

@@ -15,3 +15,7 @@ class DataError(FlowsciError):
 
 class ResourceError(FlowsciError):
     """The machine ran out of memory (or another resource); the message says what to change."""
+
+
+class BusyError(FlowsciError):
+    """Another process holds the lock on the output this command would write."""

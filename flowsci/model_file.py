@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .config import canonical_json, short_json
 from .errors import DataError
 from .io import atomic_output
 
@@ -55,8 +56,8 @@ class ModelFile:
         spec = config["runs"][run]
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
         return cls(state_dict=cpu(state_dict), raw_state_dict=cpu(raw_state_dict or state_dict),
-                   run=run, system=spec["system"], run_config=_canon(spec),
-                   target=_canon(config["systems"][spec["system"]]["target"]), step=int(step),
+                   run=run, system=spec["system"], run_config=canonical_json(spec),
+                   target=canonical_json(config["systems"][spec["system"]]["target"]), step=int(step),
                    train_seconds=float(train_seconds), test_nll=float(test_nll),
                    dtype=spec.get("training", {}).get("dtype", "float32"))
 
@@ -102,15 +103,6 @@ def check_matches(model: ModelFile, path: str | os.PathLike, config: dict, run: 
     pairs += [(f"runs.{run}.{k}", stored.get(k), spec.get(k)) for k in MODEL_KEYS]
     pairs.append((f"systems.{spec['system']}.target", json.loads(model.target), current_target))
     for key, was, now in pairs:
-        if _canon(was) != _canon(now):
-            raise DataError(f"{path}: trained with {key} = {_show(was)}, the config now has "
-                            f"{_show(now)}; retrain (delete the file) or restore the setting")
-
-
-def _canon(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, default=str)
-
-
-def _show(v: Any) -> str:
-    text = _canon(v)
-    return text if len(text) <= 200 else text[:197] + "..."
+        if canonical_json(was) != canonical_json(now):
+            raise DataError(f"{path}: trained with {key} = {short_json(was)}, the config now has "
+                            f"{short_json(now)}; retrain (delete the file) or restore the setting")

@@ -31,7 +31,7 @@ D64 = torch.float64
 
 # Lower layers never import higher ones (same layer: allowed, e.g. data.generate -> data).
 LAYERS = [
-    {"errors", "io", "geometry", "autocorr", "progress", "__init__"},
+    {"errors", "io", "locks", "geometry", "autocorr", "progress", "__init__"},
     {"registry", "device", "paths", "config", "testing_base"},
     {"systems", "data"},
     {"models"},

@@ -56,7 +56,12 @@ def _make_fixture(root, system, kind, rng):
         x = rng.normal(size=(N_DATA + N_FLOW, 8, 8)) + rng.choice([-1.0, 1.0], (N_DATA + N_FLOW, 1, 1))
         u = _phi4(x)
         arrays = {"fields": x[:N_DATA], "actions": u[:N_DATA]}
-    attrs = provenance(kind, system, units="reduced", temperature=1.0, source={"test": 1}, config={})
+    spec = {"target": {"name": system, "params": {}},
+            "data": {"source": "generate", "generator": {"name": "mcmc"}}}
+    stored = validate_config({"systems": {system: spec}, "runs": {"r": {
+        "system": system, "model": {"name": "egnn"}}}})["systems"][system]
+    attrs = provenance(kind, system, units="reduced", temperature=1.0, source={"test": 1},
+                       config=stored)  # as preprocess writes it: the validated system entry
     write_h5(root / system / "data.h5", arrays, attrs,
              groups={"splits": make_splits(N_DATA, {"train": 0.5, "val": 0.2, "test": 0.3})})
     xf, uf = x[N_DATA:], u[N_DATA:]
@@ -72,9 +77,7 @@ def _make_fixture(root, system, kind, rng):
         w.writerow(["step", "loss", "nll", "nfe", "seconds", "lr", "val_nll"])
         for s in range(1, 21):
             w.writerow([s, 10 / s, 10 / s, 26, 0.5 * s, 1e-3, 10 / s + 0.2 if s % 5 == 0 else ""])
-    target = {"name": system, "params": {}}
-    return ({"target": target, "data": {"source": "generate", "generator": {"name": "mcmc"}}},
-            {"system": system, "model": {"name": "egnn"}})
+    return spec, {"system": system, "model": {"name": "egnn"}}
 
 
 @pytest.fixture(scope="module")

@@ -99,8 +99,9 @@ def weights_figure(rw: dict[str, Any], metrics: dict[str, Any]) -> Figure:
     ax3.set_xlabel("reduced energy u [kT]")
     ax3.set_ylabel("normalised log w")
     k = metrics.get("pareto_k")
-    fig.suptitle(f"ESS = {metrics.get('ess', float('nan')):.1f} of {n} "
-                 f"finite ({100 * (metrics.get('ess_fraction') or float('nan')):.2f} %), "
+    n_req = metrics.get("n_requested", n)
+    fig.suptitle(f"ESS = {metrics.get('ess', float('nan')):.1f} of {n_req} requested "
+                 f"({100 * (metrics.get('ess_fraction') or float('nan')):.2f} %; {n} finite), "
                  f"Pareto k̂ = {k if k is None else round(k, 3)}, "
                  f"max weight = {metrics.get('max_weight', float('nan')):.3g}", fontsize=10)
     return fig

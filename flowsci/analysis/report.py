@@ -151,18 +151,22 @@ def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def write_html_table(path: str | os.PathLike, rows: list[dict[str, Any]], title: str) -> Path:
-    """A small self-contained HTML table, atomically."""
+def write_html_table(path: str | os.PathLike, rows: list[dict[str, Any]], title: str,
+                     warnings: list[str] | None = None) -> Path:
+    """A small self-contained HTML table, atomically, below the run's `warnings` (in red)."""
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols)
                    + "</tr>" for r in rows)
+    warn = "".join(f"<p style='color:#b00'><b>Warning:</b> {html.escape(w)}</p>"
+                   for w in warnings or [])
     text = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             "</title><style>table{border-collapse:collapse;font-family:sans-serif}"
             "td,th{border:1px solid #999;padding:3px 8px;text-align:right}</style></head><body>"
-            f"<h3>{html.escape(title)}</h3><table><tr>{head}</tr>{body}</table></body></html>")
+            f"<h3>{html.escape(title)}</h3>{warn}<table><tr>{head}</tr>{body}</table>"
+            "</body></html>")
     with atomic_output(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
     return Path(path)
@@ -172,10 +176,15 @@ def summary_row(run: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """One line of summary.csv: NLL, ESS %, acceptance, observables ± errors, time, NFE."""
     row: dict[str, Any] = {"run": run, "system": metrics.get("system"),
                            "model": metrics.get("model"), "objective": metrics.get("objective")}
-    for k in ("test_nll", "val_nll", "n_samples", "n_failed", "ess", "pareto_k", "max_weight",
-              "log_z", "log_z_err", "training_time_s", "train_nfe_mean", "sample_nfe"):
+    for k in ("test_nll", "val_nll", "n_requested", "n_samples", "n_failed", "ess", "pareto_k",
+              "max_weight", "log_z", "log_z_err", "training_time_s", "train_nfe_mean",
+              "sample_nfe"):
         row[k] = metrics.get(k)
-    row["ess_percent"] = None if metrics.get("ess_fraction") is None else 100 * metrics["ess_fraction"]
+    for key, frac in (("ess_percent", "ess_fraction"),
+                      ("ess_percent_survivors", "ess_fraction_survivors"),
+                      ("failed_percent", "failed_fraction")):
+        row[key] = None if metrics.get(frac) is None else 100 * metrics[frac]
+    row["warnings"] = " | ".join(metrics.get("warnings") or [])
     mh = metrics.get("mh") or {}
     row["mh_acceptance"] = mh.get("acceptance")
     row["mh_tau"] = mh.get("tau")

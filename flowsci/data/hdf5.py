@@ -112,6 +112,9 @@ def validate_h5(path: str | os.PathLike) -> dict[str, Any]:
         if missing:
             raise DataError(f"{path}: missing root attribute(s) {missing}")
         attrs = {k: _py(v) for k, v in f.attrs.items()}
+        if attrs["schema_version"] != SCHEMA_VERSION:
+            raise DataError(f"{path}: schema_version {attrs['schema_version']!r}, this flowsci "
+                            f"reads version {SCHEMA_VERSION}; remake the file with this version")
         kind = attrs["kind"]
         if kind not in MAIN_ARRAY:
             raise DataError(f"{path}: unknown kind {kind!r}")

@@ -38,7 +38,13 @@ def preprocess(config: dict, system: str, out: str | None = None, force: bool = 
         raise DataError(f"system {system!r} is not in the config ({', '.join(config['systems'])})")
     spec = config["systems"][system]
     out = Path(out) if out else paths.data_file(config, system)
+    if out.is_dir():
+        raise DataError(f"{out}: is a directory; the output must be a file path such as "
+                        f"{out / 'data.h5'}")
     data = spec["data"]
+    if data["source"] == "generate" and data["generator"]["name"] not in GENERATORS:
+        raise ConfigError(f"systems.{system}.data.generator.name: unknown generator "
+                          f"{data['generator']['name']!r}; available: {', '.join(GENERATORS.names())}")
     source_sha = None
     if data["source"] == "file":
         in_path = Path(data["input"]["path"])

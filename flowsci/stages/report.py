@@ -45,7 +45,8 @@ def report(config: dict, runs: list[str] | None = None, out_dir: str | None = No
         html_path, csv_path = paths.table_files(config, run)
         written.append(write_csv(csv_path, table))
         written.append(write_html_table(html_path, table,
-                                        f"{run} ({config['runs'][run]['system']})"))
+                                        f"{run} ({config['runs'][run]['system']})",
+                                        warnings=metrics.get("warnings")))
     if summary:
         written.append(write_csv(paths.summary_file(config, out_dir), rows))
     return written

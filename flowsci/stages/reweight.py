@@ -7,6 +7,7 @@ split), on the raw flow samples, and on the flow samples reweighted to the targe
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,14 @@ from ..data.hdf5 import provenance, sha256_of, write_h5
 from ..errors import ConfigError, DataError
 from ..io import atomic_output
 from ..progress import Progress
-from ..reweighting import (Estimate, IndependenceMH, ess_fraction, estimate,
+from ..reweighting import (Estimate, IndependenceMH, estimate,
                            free_energy_differences, independence_mh, kish_ess, log_mean_weight,
                            log_weights, normalized_log_weights, pareto_khat, top_weights)
 from ..systems import build_target
+from .checks import check_data_file, check_samples_file
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ReweightInputs:
@@ -77,6 +82,8 @@ def load_inputs(config: dict, run: str, samples: str | None = None,
     data_path = Path(data) if data else paths.data_file(config, system)
     target = build_target(sys_spec["target"], f"systems.{system}.target")
     flow = read_samples(samples_path)
+    check_samples_file(config, run, samples_path, flow["attrs"])
+    check_data_file(config, system, target, data_path)
     ref = read_reference(data_path, target)
     for path, arr in ((samples_path, flow["x"]), (data_path, ref["x"])):
         if tuple(arr.shape[1:]) != tuple(target.event_shape):
@@ -158,6 +165,8 @@ def write_outputs(config: dict, run: str, inputs: ReweightInputs, res: ReweightR
                   "labels": json.dumps(res.spec.labels), "n_bootstrap": int(rw["n_bootstrap"])})
     path = write_h5(out / "reweight.h5", {"log_weights": normalized_log_weights(res.log_w),
                                           "energies": res.energies}, attrs, groups=groups)
+    for warning in metrics["warnings"]:
+        log.warning("%s: %s", inputs.samples_path, warning)
     with atomic_output(out / "metrics.json") as tmp:
         Path(tmp).write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_num))
     return path
@@ -239,8 +248,7 @@ def _metrics(config: dict, run: str, flow: dict, res: ReweightResults, n_boot: i
     m: dict[str, Any] = {
         "run": run, "system": spec["system"], "model": spec["model"]["name"],
         "objective": spec["training"]["objective"]["name"],
-        "n_samples": int(len(keep)), "n_failed": int(attrs.get("n_failed", 0)),
-        "n_nonfinite": int((~keep).sum()), "ess": kish_ess(lw), "ess_fraction": ess_fraction(lw),
+        **sample_counts(attrs, keep, kish_ess(lw)), "ess": kish_ess(lw),
         "pareto_k": pareto_khat(lw), "max_weight": float(top_weights(lw, 1)[0]),
         "top_weights": top_weights(lw, 10).tolist(),
         "log_z": log_mean_weight(lw), "log_z_err": float(np.std(boots, ddof=1)) if n_boot > 1 else None,
@@ -260,6 +268,31 @@ def _metrics(config: dict, run: str, flow: dict, res: ReweightResults, n_boot: i
             d = m["free_energies"].setdefault(st, {"reference": next(iter(fe))})
             d[src], d[f"{src}_err"] = _num(e.value), _num(e.err)
     return m
+
+
+# A failure fraction above this is a warning in metrics.json and the report: failed solves
+# are dropped, which biases the estimates if failures depend on where the sample goes.
+FAILED_SAMPLES_WARN = 0.01
+
+
+def sample_counts(attrs: dict, keep: np.ndarray, ess: float) -> dict[str, Any]:
+    """Requested, failed (solver) and non-finite (energy/log q) counts, and ESS as a fraction
+    of the requested samples (`ess_fraction`, the honest figure) and of the survivors."""
+    n_ok = int(keep.sum())
+    n_failed, n_nonfinite = int(attrs.get("n_failed", 0)), int((~keep).sum())
+    n_requested = int(attrs.get("n_requested", len(keep) + n_failed))
+    lost = (n_failed + n_nonfinite) / n_requested if n_requested else 0.0
+    out = {"n_requested": n_requested, "n_samples": int(len(keep)), "n_failed": n_failed,
+           "n_nonfinite": n_nonfinite, "failed_fraction": lost,
+           "ess_fraction": ess / n_requested if n_requested else float("nan"),
+           "ess_fraction_survivors": ess / n_ok if n_ok else float("nan"), "warnings": []}
+    if lost > FAILED_SAMPLES_WARN:
+        out["warnings"].append(
+            f"{n_failed + n_nonfinite} of {n_requested} samples ({100 * lost:.1f} %) failed "
+            f"({n_failed} solver failures, {n_nonfinite} non-finite energy or log q) and were "
+            f"dropped; the estimates may be biased. ESS is {100 * out['ess_fraction']:.1f} % of "
+            f"the requested samples, {100 * out['ess_fraction_survivors']:.1f} % of the survivors")
+    return out
 
 
 def _num(v: Any) -> Any:
