@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         run = _status if args.stage == "status" else STAGES[args.stage][0]
         run(cfg, args)
-    except FlowsciError as e:
-        print(f"flowsci {args.stage}: error: {e}", file=sys.stderr)
+    except FlowsciError as e:  # one line, whatever the wrapped library's message looked like
+        print(f"flowsci {args.stage}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except OSError as e:  # the file system refused: name the file, not a traceback
         where = f"{e.filename}: " if e.filename else ""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,25 @@ def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
     return path
 
 
+def load_plain(path: str | os.PathLike, what: str) -> Any:
+    """torch.load with weights_only=True (tensors, numbers, strings: a file never runs code);
+    DataError naming the file and, in one short line, why it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        why = ("it holds objects other than tensors, numbers and strings, which flowsci never "
+               "unpickles (a file could run code)")
+    except Exception as e:  # noqa: BLE001 - any other failure means a corrupt file
+        why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    raise DataError(f"{path}: cannot read {what} ({why})")
+
+
 def load_model_file(path: str | os.PathLike) -> ModelFile:
     """Read a model file; DataError naming the file if missing, unreadable or of another format."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model file not found (run `flowsci train` first)")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise DataError(f"{path}: cannot read model file ({e})") from None
+    raw = load_plain(path, "model file")
     if not isinstance(raw, dict) or raw.get("version") != MODEL_FILE_VERSION:
         found = raw.get("version") if isinstance(raw, dict) else type(raw).__name__
         raise DataError(f"{path}: model file format version {found!r}, this flowsci reads "

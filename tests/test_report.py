@@ -156,3 +156,33 @@ def test_missing_and_malformed_inputs(setup, tmp_path):
         reweight(bad, "dw4_run")
     with pytest.raises(DataError, match="metrics.json"):
         report(bad, ["dw4_run"])
+
+
+def test_failed_samples_count_against_the_requested_and_are_a_warning(setup, tmp_path):
+    """ESS % is over the samples requested (failed solves are lost samples), the survivors'
+    figure is stated beside it, and a failure fraction above 1 % is a warning in
+    metrics.json, the run's table and summary.csv."""
+    import shutil
+
+    config, root, _ = setup
+    shutil.copytree(root / "dw4", tmp_path / "dw4")
+    cfg = dict(config, results_dir=str(tmp_path))
+    with h5py.File(tmp_path / "dw4" / "dw4_run" / "samples.h5", "a") as f:
+        f.attrs["n_requested"], f.attrs["n_failed"] = N_FLOW + 40, 40
+    reweight(cfg, "dw4_run")
+    m = json.loads(paths.metrics_file(cfg, "dw4_run").read_text())
+    assert m["n_requested"] == N_FLOW + 40 and m["n_failed"] == 40 and m["n_nonfinite"] == 1
+    assert m["ess_fraction"] == pytest.approx(m["ess"] / (N_FLOW + 40))
+    assert m["ess_fraction_survivors"] == pytest.approx(m["ess"] / (N_FLOW - 1))
+    assert m["failed_fraction"] == pytest.approx(41 / (N_FLOW + 40))
+    assert len(m["warnings"]) == 1 and f"41 of {N_FLOW + 40} samples" in m["warnings"][0]
+    report(cfg, ["dw4_run"])
+    html_table, _ = paths.table_files(cfg, "dw4_run")
+    assert "Warning:</b> 41 of" in html_table.read_text()
+    summary = paths.summary_file(cfg).read_text()
+    assert "failed_percent" in summary and "41 of" in summary
+    # below the threshold: no warning
+    with h5py.File(tmp_path / "dw4" / "dw4_run" / "samples.h5", "a") as f:
+        f.attrs["n_requested"], f.attrs["n_failed"] = N_FLOW, 0
+    reweight(cfg, "dw4_run")
+    assert json.loads(paths.metrics_file(cfg, "dw4_run").read_text())["warnings"] == []

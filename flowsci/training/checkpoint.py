@@ -17,6 +17,7 @@ import torch
 
 from ..errors import DataError
 from ..io import atomic_output
+from ..model_file import load_plain
 from .guard import NonFiniteError
 
 _NAME = re.compile(r"ckpt-(\d+)\.pt$")
@@ -95,9 +96,9 @@ def load_checkpoint(path: Path, model, opt, sched, ema, gen: torch.Generator,
     """Resume from `path`; DataError naming the file if it is unreadable, was written for
     another fingerprint, or holds non-finite weights. Returns the checkpoint dict."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise DataError(f"{path}: cannot read checkpoint ({e}); delete it to restart") from None
+        state = load_plain(path, "checkpoint")
+    except DataError as e:
+        raise DataError(f"{e}; delete it to restart") from None
     if state.get("fingerprint", "") != fingerprint:
         raise DataError(f"{path}: checkpoint was written for other data or training settings; "
                         f"delete {Path(path).parent} to train from scratch")
