@@ -263,23 +263,29 @@ def test_bad_input_is_refused_in_one_line_and_outputs_stay(pipeline, tmp_path, c
     assert not (root / "MARKER").exists()  # no code ran from a file
 
 
-def test_a_held_lock_refuses_the_second_process_naming_the_holder(pipeline, tmp_path, capsys):
+@pytest.mark.parametrize("argv, lock", [
+    (["train"], "dw4/tiny/.train.lock"),
+    (["preprocess", "--system", "dw4", "--force"], "dw4/.data.h5.lock"),
+    (["sample", "--shard", "1"], "dw4/tiny/samples/.shard-1.lock"),
+    (["reweight"], "dw4/tiny/.reweight.lock")])
+def test_a_held_lock_refuses_the_second_process_naming_the_holder(pipeline, tmp_path, capsys,
+                                                                  argv, lock):
     root = tmp_path / "copy"
     shutil.copytree(pipeline, root)
     cfg = root / "config.yaml"
     cfg.write_text((pipeline / "config.yaml").read_text().replace(str(pipeline), str(root)))
-    holder = _hold_lock(root / "results/dw4/tiny/.train.lock")
+    holder = _hold_lock(root / "results" / lock)
     try:
         before = _snapshot(root / "results")
-        assert main(["train", "-c", str(cfg), "-q"]) == 2
+        assert main([argv[0], "-c", str(cfg), "-q", *argv[1:]]) == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]
-        assert f"already running in process {holder.pid}" in line and ".train.lock" in line, line
+        assert f"already running in process {holder.pid}" in line and lock in line, line
         assert _snapshot(root / "results") == before
     finally:
         holder.kill()
         holder.wait()
     # the kernel released the killed holder's lock: the next run goes ahead
-    assert main(["train", "-c", str(cfg), "-q"]) == 0
+    assert main([argv[0], "-c", str(cfg), "-q", *argv[1:]]) == 0
 
 
 def test_stray_temporaries_of_a_killed_writer_are_removed(pipeline, tmp_path):
