@@ -44,3 +44,23 @@ def test_unknown_target_and_param_are_clear():
         build_target({"name": "nope"})
     with pytest.raises(ConfigError, match="unknown parameter"):
         build_target({"name": "dw4", "params": {"bb": 1}})
+
+
+
+@pytest.mark.parametrize("params", [{"a": 0.9, "b": -4.0, "c": 0.0},  # bgflow's DW4 numbers
+                                    {"c": -0.9}, {"a": -1.0, "b": 0.0, "c": 0.0},
+                                    {"a": 0.0, "b": 0.0, "c": 0.0}])
+def test_energy_unbounded_below_is_refused_naming_the_convention(params):
+    with pytest.raises(ConfigError, match="unbounded below or flat.*a linear, b quadratic, "
+                                          "c quartic.*bgflow"):
+        build_target({"name": "dw4", "params": params})
+
+
+def test_double_well_minima_of_the_pair_energy():
+    t = build_target({"name": "dw4"})
+    d = torch.linspace(0.5, 8.0, 150001, dtype=torch.float64)
+    u = t.pair_energy(d)
+    left, right = d[d < 4][u[d < 4].argmin()], d[d > 4][u[d > 4].argmin()]
+    half_width = (4.0 / 1.8) ** 0.5  # d0 ± sqrt(-b / 2c)
+    assert float(left) == pytest.approx(4.0 - half_width, abs=1e-4)
+    assert float(right) == pytest.approx(4.0 + half_width, abs=1e-4)

@@ -112,6 +112,23 @@ def test_pareto_khat():
     assert np.isnan(pareto_khat(np.zeros(5)))
 
 
+@pytest.mark.parametrize("n", [50, 101, 999, 4321])
+def test_pareto_khat_equals_the_reference_psis_implementation(n):
+    """ArviZ's psislw (the reference implementation, r_eff = 1): same tail length
+    ceil(min(N/5, 3 sqrt(N))), same fit, so the same k̂ to round-off."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ's refactoring notice on import
+        import arviz
+
+    rng = np.random.default_rng(n)
+    for scale in (0.5, 1.5, 3.0):
+        lw = rng.normal(0, scale, n)
+        _, k_ref = arviz.psislw(lw.copy(), reff=1.0)
+        assert pareto_khat(lw) == pytest.approx(float(k_ref), abs=1e-12)
+
+
 def test_independence_mh():
     rng = np.random.default_rng(2)
     x, log_q = proposal(20000, rng)

@@ -101,14 +101,16 @@ def _gpd_fit(x: Array) -> tuple[float, float]:
 def pareto_khat(log_w: Array, tail: int | None = None) -> float:
     """Pareto shape k̂ of the largest weights (PSIS diagnostic, Vehtari et al. 2024).
 
-    tail: number of largest weights fitted, default min(N/5, 3 sqrt(N)). k̂ < 0.5: finite
-    variance; 0.5-0.7: usable; > 0.7: the importance-sampling estimate is unreliable.
-    Returns nan for fewer than 10 samples or a degenerate (constant) tail.
+    tail: number of largest weights fitted, default ceil(min(N/5, 3 sqrt(N))) as in the
+    reference implementations (ArviZ `psislw` and R `loo`, with r_eff = 1 for independent
+    samples), so k̂ equals theirs. k̂ < 0.5: finite variance; 0.5-0.7: usable; > 0.7: the
+    importance-sampling estimate is unreliable. Returns nan for fewer than 10 samples or a
+    degenerate (constant) tail.
     """
     lw = np.asarray(log_w, dtype=float)
     lw = lw[np.isfinite(lw)]
     n = len(lw)
-    m = int(tail or min(n / 5, 3 * np.sqrt(n)))
+    m = int(tail or np.ceil(min(n / 5, 3 * np.sqrt(n))))
     if n < 10 or m < 5:
         return float("nan")
     lw = np.sort(lw - lw.max())

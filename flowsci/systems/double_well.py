@@ -31,6 +31,17 @@ class DoubleWell(ParticleTarget):
         self.name = "dw4"
         if self.tau <= 0:
             raise ValueError(f"dw4: tau must be positive, got {self.tau}")
+        # r = d - d0 ranges over [-d0, inf): the pair energy is bounded below iff its leading
+        # term at large r is positive. bgflow names the coefficients differently (its `a` is
+        # the quartic term, `c` a constant), so its DW4 parameters (a=0.9, b=-4, c=0) copied
+        # here would give a r - 4 r^2, which falls without bound.
+        leading = next((v for v in (self.c, self.b, self.a) if v != 0), 0.0)
+        if leading < 0 or (self.a == self.b == self.c == 0):
+            raise ValueError(
+                f"dw4: energy unbounded below or flat (a={self.a}, b={self.b}, c={self.c}); "
+                "flowsci's convention is a r + b r^2 + c r^4 with r = |x_i - x_j| - d0 (a "
+                "linear, b quadratic, c quartic: c > 0 for a double well, e.g. a=0, b=-4, "
+                "c=0.9), not bgflow's MultiDoubleWellEnergy (a quartic, b quadratic, c constant)")
 
     def pair_energy(self, d: torch.Tensor) -> torch.Tensor:
         r = d - self.d0
