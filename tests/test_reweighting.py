@@ -181,3 +181,43 @@ def test_reference_energies_from_user_files_are_rescored_with_the_target(tmp_pat
         ref = read_reference(p, build_target({"name": "dw4"}))
         idx = np.sort(make_splits(20, {"train": 0.5, "val": 0.0, "test": 0.5})["test"])
         np.testing.assert_allclose(ref["u"], expected[idx])
+
+
+def _ar1(n: int, phi: float, seed: int) -> np.ndarray:
+    """AR(1) with unit marginal variance: tau_int = (1 + phi) / (1 - phi)."""
+    rng = np.random.default_rng(seed)
+    e = rng.normal(0, np.sqrt(1 - phi**2), n)
+    x = np.empty(n)
+    x[0] = rng.normal()
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + e[t]
+    return x
+
+
+def test_block_bootstrap_gives_the_analytic_error_of_a_correlated_mean():
+    """AR(1), phi = 0.9: the standard error of the mean is sqrt(tau_int / N) with tau_int = 19.
+    The moving-block bootstrap recovers it; the iid bootstrap is too small by ~sqrt(19)."""
+    from flowsci.reweighting import block_length
+
+    n, phi = 20000, 0.9
+    x = _ar1(n, phi, seed=3)
+    exact = np.sqrt((1 + phi) / (1 - phi) / n)
+    b = block_length(x)
+    assert 60 <= b <= 140  # 5 tau_int = 95
+    blocked = estimate({"x": x}, n_boot=400, seed=1, block=b)["x"].err
+    iid = estimate({"x": x}, n_boot=400, seed=1)["x"].err
+    assert float(blocked) == pytest.approx(exact, rel=0.15)
+    assert float(exact / iid) == pytest.approx(np.sqrt(19), rel=0.15)
+
+
+def test_block_bootstrap_of_independent_samples_matches_the_iid_error():
+    from flowsci.reweighting import block_length
+
+    x = np.random.default_rng(0).normal(size=5000)
+    b = block_length(x)
+    assert b <= 10
+    err = estimate({"x": x}, n_boot=400, seed=2, block=b)["x"].err
+    assert float(err) == pytest.approx(1 / np.sqrt(5000), rel=0.12)
+    # block = 1 is exactly the multinomial bootstrap
+    a = estimate({"x": x}, n_boot=50, seed=5)["x"].err
+    assert float(estimate({"x": x}, n_boot=50, seed=5, block=1)["x"].err) == float(a)

@@ -4,13 +4,15 @@
 energies. `mh`: flow-based independence Metropolis-Hastings.
 """
 
-from .estimators import (Binned, Estimate, Feature, bar_log_partition, estimate, ess_fraction,
+from .estimators import (Binned, Estimate, Feature, bar_log_partition, block_length, estimate,
+                         ess_fraction,
                          free_energy_differences, histogram, kish_ess, log_mean_weight,
                          log_weights, normalized_log_weights, normalized_weights, pareto_khat,
                          reweighted_mean, top_weights, weighted_means)
 from .mh import IndependenceMH, independence_mh
 
-__all__ = ["Binned", "Estimate", "Feature", "IndependenceMH", "bar_log_partition", "estimate",
+__all__ = ["Binned", "Estimate", "Feature", "IndependenceMH", "bar_log_partition",
+           "block_length", "estimate",
            "ess_fraction", "free_energy_differences", "histogram", "independence_mh", "kish_ess",
            "log_mean_weight", "log_weights", "normalized_log_weights", "normalized_weights",
            "pareto_khat", "reweighted_mean", "top_weights", "weighted_means"]

@@ -21,6 +21,8 @@ from typing import Callable, Mapping
 import numpy as np
 from scipy.special import logsumexp
 
+from ..autocorr import integrated_autocorr_time
+
 Array = np.ndarray
 
 
@@ -182,16 +184,44 @@ class Estimate:
 Finalize = Callable[[dict[str, Array]], dict[str, Array]]
 
 
+def block_length(series: Array, factor: float = 5.0) -> int:
+    """Block length for a block bootstrap of a time-ordered series [N]: `factor` times its
+    integrated autocorrelation time (so blocks are nearly independent), at most N / 10 (at
+    least ten blocks), at least 1."""
+    series = np.asarray(series, dtype=float)
+    if len(series) < 20 or np.ptp(series) <= 0:
+        return 1
+    tau = integrated_autocorr_time(series)
+    if not np.isfinite(tau):
+        return 1
+    return int(max(1, min(np.ceil(factor * max(tau, 1.0)), len(series) // 10)))
+
+
+def _resample_counts(rng: np.random.Generator, n: int, size: int, block: int) -> Array:
+    """[size, n] counts of each sample in bootstrap resamples: multinomial for block = 1,
+    else moving blocks (Künsch 1989): ceil(n / block) blocks of `block` consecutive samples
+    with uniform random starts, cut to n samples."""
+    if block <= 1:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=size)
+    block = min(block, n)
+    n_blocks = -(-n // block)
+    starts = rng.integers(0, n - block + 1, size=(size, n_blocks))
+    idx = (starts[:, :, None] + np.arange(block)).reshape(size, -1)[:, :n]
+    return np.stack([np.bincount(row, minlength=n) for row in idx])
+
+
 def estimate(features: Mapping[str, Feature], log_w: Array | None = None,
              finalize: Finalize | None = None, n_boot: int = 200, seed: int = 0,
-             chunk: int = 16) -> dict[str, Estimate]:
+             chunk: int = 16, block: int = 1) -> dict[str, Estimate]:
     """Self-normalised estimates of functions of expectations, with bootstrap errors.
 
     features: name -> per-sample values (dense [N, ...] or Binned). log_w: [N] or None
     (equal weights: plain sample means, e.g. for MD data or raw flow samples). finalize maps
     the dict of weighted means to the dict of outputs (default: the means themselves); it may
     be nonlinear (variances, ratios, logs). The error is the standard deviation of the
-    outputs over `n_boot` multinomial resamples of the N samples.
+    outputs over `n_boot` resamples of the N samples: multinomial (independent samples, e.g.
+    a flow's) or, with block > 1, a moving-block bootstrap for time-ordered correlated samples
+    (MCMC/MD reference data; see block_length).
     """
     finalize = finalize or (lambda d: d)
     n = _n_samples(features)
@@ -205,7 +235,7 @@ def estimate(features: Mapping[str, Feature], log_w: Array | None = None,
     reps: dict[str, list] = {k: [] for k in point}
     with np.errstate(divide="ignore", invalid="ignore"):
         for start in range(0, n_boot, chunk):
-            counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, n_boot - start))
+            counts = _resample_counts(rng, n, min(chunk, n_boot - start), block)
             for c in counts:
                 wb = base * c
                 s = wb.sum()
@@ -252,11 +282,11 @@ def histogram(values: Array, edges: Array, log_w: Array | None = None, n_boot: i
 
 def free_energy_differences(indicators: Mapping[str, Array], log_w: Array | None = None,
                             reference: str | None = None, n_boot: int = 200,
-                            seed: int = 0) -> dict[str, Estimate]:
+                            seed: int = 0, block: int = 1) -> dict[str, Estimate]:
     """ΔF_s = F_s - F_ref = -ln(P_s / P_ref) in kT, for states given by indicators [N] (bool).
 
     P_s is the (reweighted) probability of state s; reference defaults to the first state.
-    A state with no (weighted) samples gives inf.
+    A state with no (weighted) samples gives inf. block: as in `estimate`.
     """
     if not indicators:
         return {}
@@ -270,7 +300,7 @@ def free_energy_differences(indicators: Mapping[str, Array], log_w: Array | None
         with np.errstate(divide="ignore", invalid="ignore"):
             return {k: -np.log(m[k] / m[ref]) + 0.0 for k in names}  # + 0.0: no -0
 
-    return estimate(feats, log_w, finalize=fin, n_boot=n_boot, seed=seed)
+    return estimate(feats, log_w, finalize=fin, n_boot=n_boot, seed=seed, block=block)
 
 
 def bar_log_partition(log_w_flow: Array, log_w_data: Array) -> tuple[float, float]:

@@ -23,7 +23,7 @@ from ..data.hdf5 import provenance, sha256_of, write_h5
 from ..errors import ConfigError, DataError
 from ..io import atomic_output
 from ..progress import Progress
-from ..reweighting import (Estimate, IndependenceMH, estimate,
+from ..reweighting import (Estimate, IndependenceMH, block_length, estimate,
                            free_energy_differences, independence_mh, kish_ess, log_mean_weight,
                            log_weights, normalized_log_weights, pareto_khat, top_weights)
 from ..systems import build_target
@@ -55,6 +55,7 @@ class ReweightResults:
     observables: dict[str, dict[str, Estimate]]
     free_energies: dict[str, dict[str, Estimate]]
     mh: IndependenceMH | None
+    reference_block: int = 1  # block length of the reference data's bootstrap (frames)
 
 
 def reweight(config: dict, run: str, samples: str | None = None, data: str | None = None,
@@ -110,6 +111,9 @@ def estimate_all(inputs: ReweightInputs, settings: dict) -> ReweightResults:
     except ValueError as e:
         raise DataError(f"{inputs.samples_path}: observable set {obs.name!r}: {e}") from None
     sources = {"data": (ref["x"], ref["u"], None), "flow": (x, u, None), "reweighted": (x, u, lw)}
+    # Reference data are time series (MCMC/HMC chains, MD): a block bootstrap with blocks of
+    # a few autocorrelation times, else their errors come out too small. Flow samples are iid.
+    blocks = {"data": block_length(ref["u"]), "flow": 1, "reweighted": 1}
     results: dict[str, dict[str, Estimate]] = {}
     free: dict[str, dict[str, Estimate]] = {}
     n_mh = int(settings["mh_steps"])
@@ -118,16 +122,17 @@ def estimate_all(inputs: ReweightInputs, settings: dict) -> ReweightResults:
                   unit="estimate", figures={"n_bootstrap": n_boot}) as bar:
         for name, (xs, us, w) in sources.items():
             results[name] = estimate(obs.features(xs, us, sp), w, n_boot=n_boot, seed=seed,
-                                     finalize=lambda m: obs.finalize(m, sp))
+                                     finalize=lambda m: obs.finalize(m, sp), block=blocks[name])
             if settings["states"]:
                 ind = _indicators(settings["states"], obs, xs, us)
-                free[name] = free_energy_differences(ind, w, n_boot=n_boot, seed=seed)
+                free[name] = free_energy_differences(ind, w, n_boot=n_boot, seed=seed,
+                                                     block=blocks[name])
             bar.update(1, last=name)
         mh = None
         if n_mh > 0:
             mh = independence_mh(log_q, u, n_mh, seed=seed)
             bar.update(1, last="mh")
-    return ReweightResults(keep, lw, u, sp, results, free, mh)
+    return ReweightResults(keep, lw, u, sp, results, free, mh, blocks["data"])
 
 
 def write_outputs(config: dict, run: str, inputs: ReweightInputs, res: ReweightResults,
@@ -257,6 +262,7 @@ def _metrics(config: dict, run: str, flow: dict, res: ReweightResults, n_boot: i
         **({"training_time_s": _num(attrs["train_seconds"])} if "train_seconds" in attrs else {}),
         "sample_nfe": _num(attrs.get("nfe")), "exact_method": attrs.get("exact_method"),
         "observables": {}, "free_energies": {},
+        "reference_block_length": res.reference_block,
     }
     for src, est in res.observables.items():
         for k, e in est.items():
