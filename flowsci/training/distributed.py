@@ -2,7 +2,7 @@
 
 `flowsci train` started by `torchrun --nproc_per_node N` finds WORLD_SIZE, RANK and
 LOCAL_RANK in its environment; `session(device)` then joins the process group (NCCL on CUDA,
-each rank on cuda:LOCAL_RANK; gloo on CPU) and leaves it at the end. Without those variables
+each rank on cuda:LOCAL_RANK; gloo on CPU) on first use; it is left when the process exits. Without those variables
 (or with WORLD_SIZE=1) everything here is a no-op and rank 0 of a world of 1 is returned, so
 the single-process code path is unchanged.
 
@@ -14,6 +14,7 @@ the single-process one up to float round-off.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from dataclasses import dataclass
@@ -69,10 +70,12 @@ def world_size() -> int:
 
 
 def init(device: torch.device) -> bool:
-    """Join the torchrun process group (backend nccl for CUDA, gloo otherwise).
+    """Join the torchrun process group (backend nccl for CUDA, gloo otherwise), once per
+    process: the group then lives until the process exits (`teardown` runs at exit), because
+    re-initialising a group inside one torchrun process can hang.
 
-    Returns True when this call initialised it (the caller then tears it down); False when
-    there is no torchrun world or the group already exists."""
+    Returns True when this call initialised it; False when there is no torchrun world or
+    the group already exists."""
     env = env_info()
     if env.world_size <= 1 or (dist.is_available() and dist.is_initialized()):
         return False
@@ -83,6 +86,7 @@ def init(device: torch.device) -> bool:
         dist.init_process_group("nccl", device_id=torch.device("cuda", env.local_rank))
     else:
         dist.init_process_group("gloo")
+    atexit.register(teardown)
     return True
 
 
@@ -92,25 +96,17 @@ def barrier() -> None:
 
 
 def teardown() -> None:
-    """Leave the process group (after a barrier, so no rank exits while others still talk)."""
+    """Leave the process group (at exit; each training already ended with a barrier)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 
 @contextlib.contextmanager
 def session(device: torch.device) -> Iterator[DistInfo]:
-    """Initialise the group for the block if torchrun started us; tear it down after it
-    (also after an error, without the barrier: the other ranks may be gone)."""
-    owner = init(device)
-    try:
-        yield info()
-    except BaseException:
-        if owner and dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    if owner:
-        teardown()
+    """The block runs in the torchrun process group when torchrun started us (joined on
+    first use, left at exit), alone otherwise; yields this process's DistInfo."""
+    init(device)
+    yield info()
 
 
 def rank_slice(global_batch: int, where: DistInfo | None = None) -> slice:

@@ -98,7 +98,10 @@ def _wrap(flow: nn.Module, objective, device: torch.device) -> nn.Module:
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
+    # find_unused_parameters: some fields have parameters that an objective never reaches
+    # (e.g. flow matching evaluates the field without its divergence); they keep grad None.
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=True)
 
 
 class _Quiet:
