@@ -3,12 +3,14 @@
 # the slurm profile by hand (recipe and pitfalls: /work/shared/slurm-local.md).
 #
 #   .ci/slurm_local.sh start DIR   install slurm-wlm + munge if missing (needs root + apt), write
-#                                  DIR/slurm.conf (no accounting), start munged (unless one
+#                                  /etc/slurm/slurm.conf (no accounting; an existing one is
+#                                  kept as DIR/slurm.conf.orig), start munged (unless one
 #                                  answers already), slurmctld and slurmd, wait for an idle node
-#   .ci/slurm_local.sh stop DIR    stop every daemon that `start` started, by the PIDs in DIR
+#   .ci/slurm_local.sh stop DIR    stop every daemon that `start` started, by the PIDs in DIR,
+#                                  and put back the original slurm.conf
 #
-# Every command that talks to this cluster needs SLURM_CONF=DIR/slurm.conf (the script never
-# touches /etc/slurm). Without accounting, job status must come from squeue:
+# The config must be at the default path: the plugin's job step drops SLURM_CONF from the
+# environment of its inner srun. Without accounting, job status must come from squeue:
 #   snakemake --executor slurm --slurm-status-command squeue ...
 # Exit codes of start: 0 ready, 3 the daemons cannot start here (the reason is printed).
 set -uo pipefail
@@ -21,7 +23,8 @@ if [[ -z "$cmd" || -z "$D" ]]; then
 fi
 mkdir -p "$D"
 D=$(cd "$D" && pwd)
-export SLURM_CONF="$D/slurm.conf"
+CONF=/etc/slurm/slurm.conf
+MARK="# written by flowsci .ci/slurm_local.sh"
 
 cannot() { echo "slurm_local: cannot start a local SLURM cluster: $*" >&2; exit 3; }
 
@@ -43,6 +46,11 @@ if [[ "$cmd" == stop ]]; then
     stop_pidfile "$D/slurmd.pid"
     stop_pidfile "$D/slurmctld.pid"
     stop_pidfile "$D/munged.pid"
+    if [[ -f "$D/slurm.conf.orig" ]]; then
+        mv -f "$D/slurm.conf.orig" "$CONF" && echo "slurm_local: restored $CONF"
+    elif [[ -f "$CONF" ]] && head -1 "$CONF" | grep -qxF "$MARK"; then
+        rm -f "$CONF"
+    fi
     exit 0
 fi
 [[ "$cmd" == start ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
@@ -81,10 +89,15 @@ fi
 
 # 3. config: one node, this machine's CPUs and 90 % of its memory, no accounting
 host=$(hostname -s)
-cpus=$(nproc)
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS
 mem=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 mkdir -p "$D"/spool/ctld "$D"/spool/d "$D"/log
-cat >"$SLURM_CONF" <<EOF
+mkdir -p /etc/slurm
+if [[ -f "$CONF" ]] && ! head -1 "$CONF" | grep -qxF "$MARK" && [[ ! -f "$D/slurm.conf.orig" ]]; then
+    cp -p "$CONF" "$D/slurm.conf.orig"
+fi
+cat >"$CONF" <<EOF
+$MARK
 ClusterName=local
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
@@ -135,4 +148,4 @@ if [[ "$state" != idle ]]; then
     "$0" stop "$D" >/dev/null
     cannot "the node did not become idle within 60 s"
 fi
-echo "slurm_local: ready: $(timeout 5 sinfo -h -o '%P %a %D %T %N' | head -1) (SLURM_CONF=$SLURM_CONF)"
+echo "slurm_local: ready: $(timeout 5 sinfo -h -o '%P %a %D %T %N' | head -1) ($CONF)"
