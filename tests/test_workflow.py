@@ -1,6 +1,7 @@
 """The Snakemake workflow: lint, dry run of the default config, and a tiny end-to-end run."""
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -148,3 +149,26 @@ def test_rule_paths_are_the_stages_paths(tmp_path):
     outputs = {line.split("\t")[0] for line in r.stdout.splitlines()[1:] if line.strip()}
     stage_outputs = {o for o in outputs if "/logs/" not in o and "/benchmarks/" not in o}
     assert stage_outputs == expected
+
+
+def test_train_launches_torchrun_when_its_gpu_resource_is_above_one(tmp_path):
+    """gpu > 1 runs `torchrun --standalone --nproc_per_node N -m flowsci.cli train ...`. A stand-in
+    torchrun on PATH records its arguments and runs the module (one process, no GPU here)."""
+    wd = _workdir(tmp_path, TINY)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "torchrun"
+    fake.write_text('#!/bin/sh\necho "$@" > "$TORCHRUN_ARGS"\n'
+                    'while [ "$1" != "-m" ]; do shift; done\nshift\nexec python -m "$@"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "TORCHRUN_ARGS": str(tmp_path / "args.txt"), "OMP_NUM_THREADS": "1"}
+    model = "results/dw4/tiny/model.pt"
+    r = subprocess.run(["snakemake", model, "--cores", "2", "--set-resources", "train:gpu=2"],
+                       cwd=wd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (wd / model).stat().st_size > 1000
+    args = (tmp_path / "args.txt").read_text().split()
+    assert args[:5] == ["--standalone", "--nproc_per_node", "2", "-m", "flowsci.cli"], args
+    assert args[5:] == ["train", "--config", "results/.flowsci/config.yaml", "--quiet",
+                        "--run", "tiny"], args
