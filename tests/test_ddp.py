@@ -89,6 +89,7 @@ def _log(cfg: dict, run: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # two torchrun launches: ~20 s each on 2 loaded cores, mostly imports
 def test_two_processes_equal_one_and_resume_across_process_counts(config_file):
     cfg = load_config(config_file)
     torch.set_num_threads(1)
@@ -115,7 +116,6 @@ def test_two_processes_equal_one_and_resume_across_process_counts(config_file):
             assert float(r["loss"]) == pytest.approx(float(r_ref["loss"]), rel=1e-12)
         assert rows[-1]["val_nll"] != ""
     # sanity: the runs moved away from the initialisation (the comparison is not vacuous)
-    torch.manual_seed(3)
     first = _log(cfg, "mle_ref")
     assert float(first[-1]["loss"]) < float(first[0]["loss"])
 

@@ -18,7 +18,6 @@ as in one process; the OT couplings are computed within each rank's slice of the
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -35,6 +34,8 @@ def ot_assignment(cost: torch.Tensor) -> torch.Tensor:
     uniform square marginals is a permutation matrix; the Hungarian algorithm is the fallback
     if the returned plan is not one (degenerate costs).
     """
+    import ot  # imported here: POT pulls in scikit-learn (~3 s), only OT objectives need it
+
     b = cost.shape[0]
     m = cost.detach().cpu().double().numpy()
     w = np.full(b, 1.0 / b)
