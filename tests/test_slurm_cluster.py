@@ -48,13 +48,14 @@ def test_cluster_resources_come_from_the_rules_and_config(tmp_path):
     cfg = json.loads(json.dumps(TINY))
     cfg["runs"]["tiny"]["training"]["steps"] = 6000
     cfg["runs"]["tiny"]["sampling"].update(n_samples=3000, n_shards=2)
-    r = _snakemake("-n", "--cores", "1", cwd=_workdir(tmp_path, cfg), timeout=300)
+    r = _snakemake("-n", "--cores", "2", cwd=_workdir(tmp_path, cfg), timeout=300)
     assert r.returncode == 0, r.stderr
     res = _dry_run_resources(r.stdout)
     # runtime (minutes) = 30 + work x seconds per unit / 60: 6000 steps x 2 s, 1500 x 0.5 s
     assert res["train"]["runtime"] == "230" and res["train"]["gpu"] == "1"
     assert res["sample_shard"]["runtime"] == "43" and res["sample_shard"]["gpu"] == "1"
     assert res["train"]["mem_mb"] == "16000" and res["preprocess"]["runtime"] == "120"
+    assert res["train"]["cpus_per_task"] == "2" and res["reweight"]["cpus_per_task"] == "1"
     assert "gpu" not in res["reweight"] and "gpu" not in res["sample_gather"]
 
 

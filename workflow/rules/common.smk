@@ -113,3 +113,8 @@ def sample_runtime(wildcards, attempt):
 
 def fixed_runtime(minutes):
     return lambda wildcards, attempt: attempt * minutes
+
+
+def cpus_per_task(wildcards, threads):
+    """SLURM CPUs of a job: its threads (so --set-threads RULE=N changes both)."""
+    return threads

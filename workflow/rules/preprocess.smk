@@ -11,6 +11,7 @@ rule preprocess:
         cmd=flowsci_cmd("preprocess"),
     resources:
         runtime=fixed_runtime(120),
+        cpus_per_task=cpus_per_task,
         mem_mb=MEM_MB["preprocess"],
     log:
         P("log_preprocess"),

@@ -9,6 +9,7 @@ rule reweight:
         metrics=P("metrics"),
     resources:
         runtime=fixed_runtime(60),
+        cpus_per_task=cpus_per_task,
         mem_mb=MEM_MB["reweight"],
     log:
         P("log_reweight"),

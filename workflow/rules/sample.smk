@@ -16,6 +16,7 @@ rule sample_shard:
     resources:
         gpu=1,
         runtime=sample_runtime,
+        cpus_per_task=cpus_per_task,
         mem_mb=MEM_MB["sample_shard"],
     log:
         P("log_sample"),

@@ -17,6 +17,7 @@ rule train:
     resources:
         gpu=1,
         runtime=train_runtime,
+        cpus_per_task=cpus_per_task,
         mem_mb=MEM_MB["train"],
     log:
         P("log_train"),
