@@ -186,7 +186,7 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
             if verdict != "ok":
                 opt.zero_grad(set_to_none=True)
                 if verdict == "rollback":
-                    step = _rollback(guard_, good, step, flow, opt, sched, ema, gen, log,
+                    step = _rollback(guard_, good, step + 1, flow, opt, sched, ema, gen, log,
                                      ckpt_dir if where.is_main else None, keep_elapsed=elapsed)
                 continue
             opt.step()
@@ -227,7 +227,7 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
 def _rollback(guard: StepGuard, good: dict, step: int, flow, opt, sched, ema, gen, log: "_Log",
               ckpt_dir: Path | None, keep_elapsed: float, started: bool = False) -> int:
     """Return to the state `good` with a lowered learning rate (TrainingDivergedError when
-    the rollback budget is spent); rewrites the log and, with ckpt_dir, the checkpoint (so
+    the rollback budget is spent); step: the failing step (for messages); rewrites the log and, with ckpt_dir, the checkpoint (so
     that a resume keeps the new learning-rate factor). Returns the step rolled back to."""
     if not started:
         guard.start_rollback(step)
