@@ -24,7 +24,7 @@ fi
 mkdir -p "$D"
 D=$(cd "$D" && pwd)
 CONF=/etc/slurm/slurm.conf
-MARK="# written by flowsci .ci/slurm_local.sh"
+MARK="# written by flowsci .ci/slurm_local.sh for $D"
 
 cannot() { echo "slurm_local: cannot start a local SLURM cluster: $*" >&2; exit 3; }
 
@@ -92,6 +92,9 @@ host=$(hostname -s)
 cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS
 mem=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 mkdir -p "$D"/spool/ctld "$D"/spool/d "$D"/log
+if [[ -f "$CONF" ]] && ! head -1 "$CONF" | grep -qxF "$MARK" && timeout 5 sinfo -h >/dev/null 2>&1; then
+    cannot "a SLURM controller of $CONF already answers on this machine (stop it first)"
+fi
 mkdir -p /etc/slurm
 if [[ -f "$CONF" ]] && ! head -1 "$CONF" | grep -qxF "$MARK" && [[ ! -f "$D/slurm.conf.orig" ]]; then
     cp -p "$CONF" "$D/slurm.conf.orig"
@@ -134,12 +137,15 @@ echo $! >"$D/slurmd.pid"
 
 # 5. wait (bounded) for the node to be idle
 for _ in $(seq 60); do
+    for p in slurmctld slurmd; do
+        kill -0 "$(cat "$D/$p.pid")" 2>/dev/null || {
+            why=$(tail -3 "$D/log/$p.log" 2>/dev/null)
+            "$0" stop "$D" >/dev/null
+            cannot "$p exited: $why"
+        }
+    done
     state=$(timeout 5 sinfo -h -N -o %T 2>/dev/null | head -1)
     [[ "$state" == idle ]] && break
-    for p in slurmctld slurmd; do
-        kill -0 "$(cat "$D/$p.pid")" 2>/dev/null \
-            || cannot "$p exited: $(tail -5 "$D/log/${p#slurm}.out" 2>/dev/null; tail -5 "$D/log/$p.log" 2>/dev/null)"
-    done
     sleep 1
 done
 if [[ "$state" != idle ]]; then
