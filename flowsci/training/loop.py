@@ -227,11 +227,13 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
 def _rollback(guard: StepGuard, good: dict, step: int, flow, opt, sched, ema, gen, log: "_Log",
               ckpt_dir: Path | None, keep_elapsed: float, started: bool = False) -> int:
     """Return to the state `good` with a lowered learning rate (TrainingDivergedError when
-    the rollback budget is spent); step: the failing step (for messages); rewrites the log and, with ckpt_dir, the checkpoint (so
-    that a resume keeps the new learning-rate factor). Returns the step rolled back to."""
+    the rollback budget is spent); step: the failing step (for messages). Rewrites the log
+    and, with ckpt_dir, the checkpoint (so that a resume keeps the new learning-rate factor).
+    Returns the step rolled back to."""
     if not started:
         guard.start_rollback(step)
-    restore_state(good, flow, opt, sched, ema, gen)
+    # a copy: Optimizer.load_state_dict keeps the given tensors, which Adam updates in place
+    restore_state(copy.deepcopy(good), flow, opt, sched, ema, gen)
     guard.rolled_back(step, good["step"], opt, sched)
     good["guard"] = guard.state()
     good["optimizer"] = copy.deepcopy(opt.state_dict())

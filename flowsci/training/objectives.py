@@ -11,6 +11,13 @@ How an objective uses the flow is its own business: the likelihood objective cal
 `flow.training_log_prob` (any Flow); the flow-matching objectives regress `flow.field` and
 draw from `flow.prior`, so they declare `needs_vector_field = True` and the train stage
 refuses them for flows without a vector field (e.g. realnvp) before training starts.
+
+Under DDP (torchrun, see distributed.py) `x` is this rank's slice of the global batch and the
+loss must be a mean over it (DDP averages the ranks' gradients). Every rank starts from the
+same torch RNG state, so an objective that draws per-sample random numbers (prior samples,
+times, noise) must draw them with `distributed.global_rows(draw, len(x))` (for the global
+batch, then sliced): otherwise all ranks draw the same rows and the global batch holds N
+copies of them.
 """
 
 from __future__ import annotations
