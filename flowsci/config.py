@@ -81,6 +81,25 @@ def _yaml12_numbers(node: Any) -> Any:
     return node
 
 
+def _check_init_from(config: dict, run: str, source: str) -> None:
+    """runs.<run>.init_from names another run of the same system, model and prior, and the
+    chain of init_from runs has no cycle."""
+    seen, current = [run], run
+    while (src := config["runs"][current].get("init_from")) is not None:
+        key = f"{source}: runs.{current}.init_from = {src!r}"
+        if src not in config["runs"]:
+            raise ConfigError(f"{key} is not a run of the config ({', '.join(config['runs'])})")
+        if src in seen:
+            raise ConfigError(f"{key} makes a cycle: {' -> '.join(seen + [src])}")
+        for k in ("system", "model", "prior"):
+            a, b = config["runs"][current].get(k), config["runs"][src].get(k)
+            if canonical_json(a) != canonical_json(b):
+                raise ConfigError(f"{key}: the two runs must have the same {k} ({short_json(a)} "
+                                  f"vs {short_json(b)})")
+        seen.append(src)
+        current = src
+
+
 def _check_consistency(config: dict, source: str) -> None:
     for run, spec in config["runs"].items():
         if spec["system"] not in config["systems"]:
@@ -89,6 +108,7 @@ def _check_consistency(config: dict, source: str) -> None:
                 f"({', '.join(config['systems'])})")
         if "/" in run or run.startswith("."):
             raise ConfigError(f"{source}: run name {run!r} must be a plain directory name")
+        _check_init_from(config, run, source)
     for name, spec in config["systems"].items():
         data = spec["data"]
         if data["source"] == "generate" and "generator" not in data:

@@ -7,6 +7,7 @@ A flow q is a normalised density on the target's event space with exact sampling
   nfe                           function evaluations so far (0 for flows that solve no ODE)
   exact_method                  how log q is computed (e.g. 'closed_form', 'vjp_batched')
   prior                         the base distribution
+  push_forward(z)               x = T(z) with the graph to the parameters (energy training)
   training_log_prob(x, est)     the log q used by the likelihood objective: `est` says how it
                                 may be estimated (e.g. the Hutchinson trace for a CNF); flows
                                 whose exact log q is cheap return it and ignore `est`.
@@ -72,6 +73,12 @@ class Flow(nn.Module, metaclass=abc.ABCMeta):
                generator: torch.Generator | None = None, z: torch.Tensor | None = None):
         """n samples (from prior draws `z` when given), with their exact log q if
         with_log_prob. -> (x [n, *event], log_q [n]) or x."""
+
+    def push_forward(self, z: torch.Tensor) -> torch.Tensor:
+        """x = T(z) with the graph to the parameters (energy-based training: path gradients).
+        z: [B, *event] prior draws -> [B, *event]."""
+        raise ConfigError(f"{type(self).__name__} has no differentiable sampling map; the "
+                          "energy-based objectives need one")
 
     def training_log_prob(self, x: torch.Tensor,
                           estimate: LikelihoodEstimate = LikelihoodEstimate()) -> TrainingLogProb:

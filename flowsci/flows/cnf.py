@@ -187,6 +187,10 @@ class CNF(Flow):
         # integrating 1 -> 0 accumulates -int_0^1; flip the sign of the regularisers
         return TrainingLogProb(self.prior.log_prob(z) - delta, -kin, -frob)
 
+    def push_forward(self, z: torch.Tensor) -> torch.Tensor:
+        """x = T(z) by the train solver, with the graph (no log-density: a plain solve)."""
+        return self._solve((z,), 0.0, 1.0, None, train=True)[0]
+
     def sample(self, n: int, with_log_prob: bool = True,
                generator: torch.Generator | None = None, z: torch.Tensor | None = None):
         """Draw n samples prior -> data. Returns x, or (x, log q) with the exact trace."""

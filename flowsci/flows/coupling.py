@@ -120,6 +120,9 @@ class RealNVP(Flow):
         z, logdet = self.inverse(x)
         return self.prior.log_prob(z) + logdet
 
+    def push_forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.forward(z)[0]
+
     def sample(self, n: int, with_log_prob: bool = True,
                generator: torch.Generator | None = None, z: torch.Tensor | None = None):
         """n samples, and their exact log q if with_log_prob. -> x or (x, log_q)."""

@@ -12,10 +12,10 @@ import torch
 from .. import paths
 from ..data.hdf5 import read_array, sha256_of
 from ..device import resolve_device, resolve_dtype
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..flows.build import build_flow
 from ..flows.cnf import CNF
-from ..model_file import ModelFile, save_model_file
+from ..model_file import ModelFile, check_matches, load_model_file, save_model_file
 from ..systems import build_target
 from ..training import OBJECTIVES, TrainSettings, distributed, train_flow
 from ..training.loop import validation_nll
@@ -45,9 +45,26 @@ def training_fingerprint(config: dict, run: str) -> str:
     training = {k: v for k, v in spec["training"].items() if k not in RESUMABLE_KEYS}
     key = json.dumps({"model": spec["model"], "prior": spec["prior"], "training": training,
                       "target": config["systems"][spec["system"]]["target"],
-                      "data": sha256_of(paths.data_file(config, spec["system"]))},
+                      "data": sha256_of(paths.data_file(config, spec["system"])),
+                      **({"init_from": sha256_of(paths.model_file(config, spec["init_from"]))}
+                         if spec.get("init_from") else {})},
                      sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def initial_weights(config: dict, run: str, flow: torch.nn.Module) -> Path:
+    """Load the EMA weights of runs.<run>.init_from's model.pt into `flow` (which must be the
+    same model and prior for the same target); returns that file's path."""
+    source = config["runs"][run]["init_from"]
+    path = paths.model_file(config, source)
+    if not path.is_file():
+        raise DataError(f"{path}: model file of run {source!r} not found; runs.{run}.init_from "
+                        f"needs it trained first (`flowsci train --run {source}`)")
+    model = load_model_file(path)
+    check_matches(model, path, config, run)
+    flow.load_state_dict(model.weights(use_ema=True))
+    log.info("%s: starting from %s (run %s, step %d)", run, path, source, model.step)
+    return path
 
 
 def train(config: dict, run: str, progress: bool = True, device: str | None = None,
@@ -75,6 +92,8 @@ def _train(config: dict, run: str, progress: bool, dev: torch.device,
     dtype = resolve_dtype(tr["dtype"])
     torch.manual_seed(tr["seed"])
     flow = build_flow(spec, target, run).to(dev, dtype)
+    if spec.get("init_from"):  # a second phase: start from another run's trained model
+        initial_weights(config, run, flow)
     key = f"runs.{run}.training.objective"
     objective = OBJECTIVES.build(tr["objective"]["name"], tr["objective"].get("params", {}),
                                  config_key=key, target=target)

@@ -35,6 +35,12 @@ wildcard_constraints:
 CONDA_ENV = f"../../envs/flowsci-{'cuda' if config['device'] == 'cuda' else 'cpu'}.yaml"
 
 
+def init_from_model(wildcards):
+    """The model.pt that runs.<run>.init_from starts from (a second training phase)."""
+    source = config["runs"][wildcards.run].get("init_from")
+    return [P("model").format(system=system_of(source), run=source)] if source else []
+
+
 def system_of(run):
     return config["runs"][run]["system"]
 

@@ -8,6 +8,7 @@
 rule train:
     input:
         P("data"),
+        init_from_model,
     output:
         model=P("model"),
     params:
