@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+import warnings
 
 import h5py
 import pytest
@@ -24,7 +25,8 @@ RUN_TIMEOUT_S = 420  # the run takes ~2.5 min on 2 cores; the plugin can hang on
 QUEUED = {"preprocess", "train", "sample_shard", "reweight"}
 LOCAL = {"sample_gather", "report_run", "report_summary", "all"}
 # The test cluster has no GPUs and maybe 1 CPU: no GPU requests, small memory, 1 CPU a job (a
-# job asking for more CPUs than the node has would pend for ever).
+# job asking for more CPUs than the node has would pend for ever). On the command line these
+# replace the profile's default-resources and set-resources (its partitions) as a whole.
 CLUSTER_OVERRIDES = [
     "--default-resources", "slurm_partition=debug",
     "--set-resources", "train:gpu=0", "sample_shard:gpu=0", "train:mem_mb=2000",
@@ -65,6 +67,7 @@ def slurm_cluster(tmp_path_factory):
     def unavailable(why):
         if os.environ.get("CI"):
             pytest.fail(f"CI is set, so the SLURM test must run, but: {why}")
+        warnings.warn(f"the local SLURM test is skipped: {why}")
         pytest.skip(why)
 
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
