@@ -87,3 +87,55 @@ def test_fine_tuning_moves_a_wrong_flow_to_the_target():
         loss.backward()
         opt.step()
     assert float(flow.field.a) == pytest.approx(math.log(s), abs=0.03)
+
+
+def _two_phase_config(tmp_path, **second):
+    from flowsci.config import validate_config
+
+    run = {"system": "dw4", "model": {"name": "egnn", "params": {"hidden": 8, "n_layers": 1}}}
+    return validate_config({
+        "results_dir": str(tmp_path),
+        "systems": {"dw4": {"target": {"name": "dw4"}, "data": {
+            "source": "generate", "generator": {"name": "mcmc"}}}},
+        "runs": {"first": run, "second": {**run, "init_from": "first", **second}}})
+
+
+@pytest.mark.parametrize("second, message", [
+    ({"init_from": "nope"}, "is not a run"),
+    ({"init_from": "second"}, "makes a cycle"),
+    ({"model": {"name": "egnn", "params": {"hidden": 16, "n_layers": 1}}}, "the same model"),
+    ({"prior": {"scale": 2.0}}, "the same prior")])
+def test_init_from_must_name_a_compatible_run(tmp_path, second, message):
+    from flowsci.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"runs.second.init_from.*{message}"):
+        _two_phase_config(tmp_path, **second)
+
+
+def test_second_phase_starts_from_the_first_phase_ema_weights(tmp_path):
+    from flowsci import paths
+    from flowsci.errors import DataError
+    from flowsci.flows.build import build_flow
+    from flowsci.model_file import ModelFile, save_model_file
+    from flowsci.stages.train import initial_weights, training_fingerprint
+    from flowsci.systems import build_target
+
+    cfg = _two_phase_config(tmp_path)
+    target = build_target({"name": "dw4"})
+    flow = build_flow(cfg["runs"]["second"], target, "second")
+    with pytest.raises(DataError, match="first.*not found.*flowsci train --run first"):
+        initial_weights(cfg, "second", flow)
+    trained = build_flow(cfg["runs"]["first"], target, "first")
+    ema = {k: v + 0.5 for k, v in trained.state_dict().items()}  # EMA differs from raw
+    save_model_file(paths.model_file(cfg, "first"),
+                    ModelFile.for_run(cfg, "first", ema, trained.state_dict()))
+    initial_weights(cfg, "second", flow)
+    for k, v in flow.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    # the checkpoints of the second phase belong to this first-phase model only
+    paths.data_file(cfg, "dw4").parent.mkdir(parents=True, exist_ok=True)
+    paths.data_file(cfg, "dw4").write_bytes(b"data")
+    before = training_fingerprint(cfg, "second")
+    save_model_file(paths.model_file(cfg, "first"),
+                    ModelFile.for_run(cfg, "first", trained.state_dict()))
+    assert training_fingerprint(cfg, "second") != before
