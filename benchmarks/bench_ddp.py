@@ -8,7 +8,8 @@ the adjoint, global batch 256, `train_flow` for `steps` steps on centred Gaussia
 cost of a fixed-step solve does not depend on the data). The two set-ups alternate, `repeats`
 times each; reported: the training-loop time (train_flow's `elapsed`: steps only, no start-up,
 no validation) and the wall time of the whole command (Python start, imports, torchrun, process
-group), best of the repeats, and their ratios. Needs `torchrun` (torch.distributed.run).
+group), best of the repeats, and their ratios, with the machine's 1-minute load average
+before and after each run (on a shared machine other jobs take cores from both set-ups). Needs `torchrun` (torch.distributed.run).
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ def _launch(n: int, steps: int, batch: int) -> dict:
     cmd = ([sys.executable, *me] if n == 1 else
            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
             str(n), *me])
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
-    return {**json.loads(line), "wall_s": wall}
+    # load: 1-min load average before and after (other jobs on the machine slow both set-ups)
+    return {**json.loads(line), "wall_s": wall, "load_before": load,
+            "load_after": os.getloadavg()[0]}
 
 
 def main() -> None:
