@@ -8,6 +8,7 @@ atomically, so a shard killed half-way leaves nothing and is redone cleanly.
 from __future__ import annotations
 
 import json
+import time
 import logging
 from pathlib import Path
 
@@ -83,10 +84,12 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
     n = shard_sizes(sp["n_samples"], sp["n_shards"])[shard]
     seed = shard_seed(sp["seed"], shard)
     gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
     res = sample_exact(flow, target, n, sp["batch_size"], gen, progress=progress,
                        desc=f"sample {run} shard {shard}")
     if len(res["x"]) == 0:
         raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")
+    seconds = time.perf_counter() - t0  # wall time of the exact sampling itself
     n_check = min(int(sp["check_samples"]), len(res["x"]))
     err = log_q_error(flow, res["x"][:n_check], res["log_q"][:n_check])
     if not err <= LOG_Q_TOLERANCE and n_check:
@@ -104,6 +107,7 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
                  sampling=json.dumps(sp, sort_keys=True),
                  test_nll=float(model.test_nll), train_seconds=float(model.train_seconds),
                  train_steps=int(model.step), device=str(dev), nfe=res["nfe"],
+                 sample_seconds=seconds,
                  exact_method=flow.exact_method, log_q_error=err, log_q_error_n=n_check,
                  log_q_error_reference=json.dumps(vars(REFERENCE_SOLVER), sort_keys=True))
     arrays = {"x": x, "log_q": log_q, "energies": u, "log_weights": -u - log_q}
@@ -130,19 +134,22 @@ def gather(config: dict, run: str) -> Path:
     if missing:
         raise DataError(f"missing sample shard(s): {', '.join(missing)}")
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in PER_SAMPLE}
-    shas, n_req, n_failed = set(), 0, 0
+    shas, n_req, n_failed, seconds = set(), 0, 0, 0.0
     for p in shards:
         a = validate_h5(p)
         shas.add(a["model_sha256"])
         n_req += int(a["n_requested"])
         n_failed += int(a["n_failed"])
+        seconds += float(a.get("sample_seconds", float("nan")))
         with h5py.File(p, "r") as f:
             for k in PER_SAMPLE:
                 arrays[k].append(f[k][()])
     if len(shas) != 1:
         raise DataError(f"shards of run {run!r} come from different models: {sorted(shas)}")
     attrs = read_attrs(shards[0])
-    attrs.update(n_requested=n_req, n_failed=n_failed, shard=-1, n_shards=len(shards))
+    # sample_seconds: summed over shards (the machine time, whether shards ran in parallel)
+    attrs.update(n_requested=n_req, n_failed=n_failed, shard=-1, n_shards=len(shards),
+                 sample_seconds=seconds)
     out = paths.samples_file(config, run)
     write_h5(out, {k: np.concatenate(v) for k, v in arrays.items()}, attrs)
     validate_h5(out)
