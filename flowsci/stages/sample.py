@@ -8,8 +8,8 @@ atomically, so a shard killed half-way leaves nothing and is redone cleanly.
 from __future__ import annotations
 
 import json
-import time
 import logging
+import time
 from pathlib import Path
 
 import h5py
