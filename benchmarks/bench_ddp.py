@@ -9,7 +9,8 @@ cost of a fixed-step solve does not depend on the data). The two set-ups alterna
 times each; reported: the training-loop time (train_flow's `elapsed`: steps only, no start-up,
 no validation) and the wall time of the whole command (Python start, imports, torchrun, process
 group), best of the repeats, and their ratios, with the machine's 1-minute load average
-before and after each run (on a shared machine other jobs take cores from both set-ups). Needs `torchrun` (torch.distributed.run).
+before and after each run (on a shared machine other jobs take cores from both set-ups).
+Needs `torchrun` (torch.distributed.run).
 """
 
 from __future__ import annotations

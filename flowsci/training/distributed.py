@@ -2,9 +2,9 @@
 
 `flowsci train` started by `torchrun --nproc_per_node N` finds WORLD_SIZE, RANK and
 LOCAL_RANK in its environment; `session(device)` then joins the process group (NCCL on CUDA,
-each rank on cuda:LOCAL_RANK; gloo on CPU) on first use; it is left when the process exits. Without those variables
-(or with WORLD_SIZE=1) everything here is a no-op and rank 0 of a world of 1 is returned, so
-the single-process code path is unchanged.
+each rank on cuda:LOCAL_RANK; gloo on CPU) on first use; it is left when the process exits.
+Without those variables (or with WORLD_SIZE=1) everything here is a no-op and rank 0 of a
+world of 1 is returned, so the single-process code path is unchanged.
 
 Data split: every rank draws the same global batch indices from the shared seeded generator
 and keeps its contiguous slice `rank_slice(global_batch)` of global_batch / world_size rows;
