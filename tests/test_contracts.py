@@ -36,7 +36,7 @@ LAYERS = [
     {"systems", "data"},
     {"models"},
     {"flows"},
-    {"model_file", "training", "sampling"},
+    {"model_file", "training", "sampling", "chirality"},
     {"reweighting"},
     {"analysis"},
     {"stages"},

@@ -182,7 +182,8 @@ def summary_row(run: str, metrics: dict[str, Any]) -> dict[str, Any]:
         row[k] = metrics.get(k)
     for key, frac in (("ess_percent", "ess_fraction"),
                       ("ess_percent_survivors", "ess_fraction_survivors"),
-                      ("failed_percent", "failed_fraction")):
+                      ("failed_percent", "failed_fraction"),
+                      ("mirrored_percent", "mirrored_fraction")):
         row[key] = None if metrics.get(frac) is None else 100 * metrics[frac]
     row["warnings"] = " | ".join(metrics.get("warnings") or [])
     mh = metrics.get("mh") or {}

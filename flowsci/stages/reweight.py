@@ -262,6 +262,7 @@ def _metrics(config: dict, run: str, flow: dict, res: ReweightResults, n_boot: i
         **({"training_time_s": _num(attrs["train_seconds"])} if "train_seconds" in attrs else {}),
         "sample_nfe": _num(attrs.get("nfe")), "exact_method": attrs.get("exact_method"),
         "sampling_time_s": _num(attrs.get("sample_seconds")),
+        "mirrored_fraction": int(attrs.get("n_mirrored", 0)) / max(len(keep), 1),
         "observables": {}, "free_energies": {},
         "reference_block_length": res.reference_block,
     }

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..data.hdf5 import provenance, read_attrs, sha256_of, validate_h5, write_h5
+from ..data.hdf5 import provenance, read_array, read_attrs, sha256_of, validate_h5, write_h5
 from ..device import resolve_device, resolve_dtype
-from ..errors import DataError
+from ..chirality import check_reflection_symmetric, mirror_wrong_handed, reference_handedness
+from ..errors import ConfigError, DataError
 from ..flows.base import Flow
 from ..flows.build import build_flow
 from ..sampling import LOG_Q_TOLERANCE, REFERENCE_SOLVER, log_q_error, sample_exact
@@ -90,6 +91,7 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
     if len(res["x"]) == 0:
         raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")
     seconds = time.perf_counter() - t0  # wall time of the exact sampling itself
+    n_mirrored = _fix_chirality(config, run, flow, target, res)
     n_check = min(int(sp["check_samples"]), len(res["x"]))
     err = log_q_error(flow, res["x"][:n_check], res["log_q"][:n_check])
     if not err <= LOG_Q_TOLERANCE and n_check:
@@ -107,12 +109,34 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
                  sampling=json.dumps(sp, sort_keys=True),
                  test_nll=float(model.test_nll), train_seconds=float(model.train_seconds),
                  train_steps=int(model.step), device=str(dev), nfe=res["nfe"],
-                 sample_seconds=seconds,
+                 sample_seconds=seconds, n_mirrored=n_mirrored,
                  exact_method=flow.exact_method, log_q_error=err, log_q_error_n=n_check,
                  log_q_error_reference=json.dumps(vars(REFERENCE_SOLVER), sort_keys=True))
     arrays = {"x": x, "log_q": log_q, "energies": u, "log_weights": -u - log_q}
     write_h5(out, arrays, attrs)
     return out
+
+
+def _fix_chirality(config: dict, run: str, flow: Flow, target, res: dict) -> int:
+    """With runs.<run>.sampling.chirality: mirror the wrong-handed samples of res in place
+    (log q + log 2, energies recomputed); returns how many were mirrored (0 without)."""
+    spec = config["runs"][run]["sampling"].get("chirality")
+    if not spec or len(res["x"]) == 0:
+        return 0
+    atoms = tuple(spec["atoms"])
+    if max(atoms) >= res["x"].shape[1]:
+        raise ConfigError(f"runs.{run}.sampling.chirality.atoms {list(atoms)}: the system has "
+                          f"{res['x'].shape[1]} atoms")
+    system = config["runs"][run]["system"]
+    data = paths.data_file(config, system)
+    sign = reference_handedness(torch.as_tensor(read_array(data, "positions", "train")), atoms)
+    check_reflection_symmetric(flow, res["x"][:4], res["log_q"][:4])
+    x, log_q, mirrored = mirror_wrong_handed(res["x"], res["log_q"], atoms, sign)
+    if mirrored.any():
+        with torch.no_grad():
+            res["energies"][mirrored] = target.energy(x[mirrored]).to(res["energies"])
+    res["x"], res["log_q"] = x, log_q
+    return int(mirrored.sum())
 
 
 def _is_done(path: Path, model_sha: str, spec: dict) -> bool:
@@ -134,13 +158,14 @@ def gather(config: dict, run: str) -> Path:
     if missing:
         raise DataError(f"missing sample shard(s): {', '.join(missing)}")
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in PER_SAMPLE}
-    shas, n_req, n_failed, seconds = set(), 0, 0, 0.0
+    shas, n_req, n_failed, seconds, n_mirrored = set(), 0, 0, 0.0, 0
     for p in shards:
         a = validate_h5(p)
         shas.add(a["model_sha256"])
         n_req += int(a["n_requested"])
         n_failed += int(a["n_failed"])
         seconds += float(a.get("sample_seconds", float("nan")))
+        n_mirrored += int(a.get("n_mirrored", 0))
         with h5py.File(p, "r") as f:
             for k in PER_SAMPLE:
                 arrays[k].append(f[k][()])
@@ -149,7 +174,7 @@ def gather(config: dict, run: str) -> Path:
     attrs = read_attrs(shards[0])
     # sample_seconds: summed over shards (the machine time, whether shards ran in parallel)
     attrs.update(n_requested=n_req, n_failed=n_failed, shard=-1, n_shards=len(shards),
-                 sample_seconds=seconds)
+                 sample_seconds=seconds, n_mirrored=n_mirrored)
     out = paths.samples_file(config, run)
     write_h5(out, {k: np.concatenate(v) for k, v in arrays.items()}, attrs)
     validate_h5(out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..flows.base import Flow
+from .distributed import global_rows
 from .objectives import OBJECTIVES
 
 
@@ -28,7 +29,9 @@ from .objectives import OBJECTIVES
 class ReverseKLPathGradient:
     """loss = mean_z [log q(T z) + u(T z)] / D with the path gradient (module docstring).
 
-    batch_size: samples per step (default: the data batch's size); clip_energy: energies above
+    batch_size: samples per step and process (default: the data batch's size, i.e. this
+    process's slice of training.batch_size under DDP, where the prior draws of the global batch
+    are sliced like the data: the same draws as one process); clip_energy: energies above
     this many kT over the batch median are dropped from the step (rare collisions in
     Lennard-Jones systems otherwise dominate a step); None keeps all.
     """
@@ -46,7 +49,7 @@ class ReverseKLPathGradient:
     def __call__(self, flow: Flow, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         nfe0 = flow.nfe
         n = self.batch_size or len(x)
-        z = flow.prior.sample(n).to(x.device, x.dtype)
+        z = global_rows(lambda m: flow.prior.sample(m), n).to(x.device, x.dtype)
         xt = flow.push_forward(z)  # graph to the parameters
         g, log_q, u = self.sample_gradient(flow, xt.detach())
         keep = torch.isfinite(g.flatten(1)).all(1) & torch.isfinite(log_q) & torch.isfinite(u)
