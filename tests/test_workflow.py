@@ -152,14 +152,16 @@ def test_rule_paths_are_the_stages_paths(tmp_path):
 
 
 def test_train_launches_torchrun_when_its_gpu_resource_is_above_one(tmp_path):
-    """gpu > 1 runs `torchrun --standalone --nproc_per_node N -m flowsci.cli train ...`. A stand-in
-    torchrun on PATH records its arguments and runs the module (one process, no GPU here)."""
+    """gpu > 1 runs `torchrun --standalone --nproc_per_node N -m flowsci.cli -- train ...`. A
+    stand-in torchrun on PATH records its arguments and, as torchrun does, drops the "--" that
+    ends its own options and runs the module (one process, no GPU here)."""
     wd = _workdir(tmp_path, TINY)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "torchrun"
     fake.write_text('#!/bin/sh\necho "$@" > "$TORCHRUN_ARGS"\n'
-                    'while [ "$1" != "-m" ]; do shift; done\nshift\nexec python -m "$@"\n')
+                    'while [ "$1" != "-m" ]; do shift; done\nshift\nm="$1"\nshift\n'
+                    '[ "$1" = "--" ] && shift\nexec python -m "$m" "$@"\n')
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
            "TORCHRUN_ARGS": str(tmp_path / "args.txt"), "OMP_NUM_THREADS": "1"}
@@ -169,6 +171,6 @@ def test_train_launches_torchrun_when_its_gpu_resource_is_above_one(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (wd / model).stat().st_size > 1000
     args = (tmp_path / "args.txt").read_text().split()
-    assert args[:5] == ["--standalone", "--nproc_per_node", "2", "-m", "flowsci.cli"], args
-    assert args[5:] == ["train", "--config", "results/.flowsci/config.yaml", "--quiet",
+    assert args[:6] == ["--standalone", "--nproc_per_node", "2", "-m", "flowsci.cli", "--"], args
+    assert args[6:] == ["train", "--config", "results/.flowsci/config.yaml", "--quiet",
                         "--run", "tiny"], args

@@ -2,7 +2,8 @@
 # checkpoints/ and train_log.csv are not declared outputs on purpose: Snakemake deletes the
 # outputs of a failed or incomplete job, and a rerun must find them to resume.
 # Resource gpu (default 1; --set-resources train:gpu=N or the profile): N > 1 launches
-# `torchrun --standalone --nproc_per_node N -m flowsci.cli train` (DDP, one process per GPU).
+# `torchrun --standalone --nproc_per_node N -m flowsci.cli -- train` (DDP, one process per GPU;
+# "--": torchrun would otherwise read `--run` as an abbreviation of its own `--run-path`).
 
 
 rule train:
@@ -28,6 +29,6 @@ rule train:
         CONDA_ENV
     shell:
         "if [ {resources.gpu} -gt 1 ]; then"
-        " launch='torchrun --standalone --nproc_per_node {resources.gpu} -m flowsci.cli';"
+        " launch='torchrun --standalone --nproc_per_node {resources.gpu} -m flowsci.cli --';"
         " else launch=flowsci; fi;"
         " OMP_NUM_THREADS={threads} $launch {params.args} --run {wildcards.run} > {log} 2>&1"
