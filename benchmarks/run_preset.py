@@ -9,9 +9,10 @@ phases after their `init_from` run, `sample`, `reweight`, `report`) with the pre
 then per run: the test NLL with the exact trace in a tight float64 solve (dopri5,
 rtol = atol = 1e-8; nats of the flow's density: on the (n-1)d mean-free subspace for
 particles, per configuration for lattices) on the first `--nll-test` test configurations,
-and from metrics.json the ESS (% of requested samples), Pareto k-hat, independence-MH
-acceptance, reweighted and reference mean energy (reference error: block bootstrap), training
-and sampling time (the stages' own clocks). One Markdown row per run is appended to the table
+stored in metrics.json as test_nll_tight (the report's summary.csv shows it); and from
+metrics.json the ESS (% of requested samples), Pareto k-hat, independence-MH acceptance,
+reweighted and reference mean energy (reference error: block bootstrap), training and
+sampling time (the stages' own clocks). One Markdown row per run is appended to the table
 under the marker in docs/results.md, with date, machine and command.
 """
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from flowsci import paths  # noqa: E402
 from flowsci.config import load_config  # noqa: E402
 from flowsci.flows.cnf import SolverConfig  # noqa: E402
+from flowsci.io import atomic_output  # noqa: E402
 from flowsci.stages.sample import load_trained_flow  # noqa: E402
 from flowsci.stages.train import load_split  # noqa: E402
 
@@ -98,6 +100,15 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def record_nll(config: dict, run: str, nll: tuple[float, float], n: int) -> None:
+    """Store the tight test NLL in the run's metrics.json (the report's summary shows it)."""
+    path = paths.metrics_file(config, run)
+    m = json.loads(path.read_text())
+    m.update(test_nll_tight=nll[0], test_nll_tight_err=nll[1], test_nll_tight_n=n)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(m, indent=2, sort_keys=True))
+
+
 def row(preset: str, run: str, config: dict, nll: tuple[float, float], where: str) -> str:
     m = json.loads(paths.metrics_file(config, run).read_text())
     u = m["observables"].get("mean_energy", {})
@@ -148,8 +159,14 @@ def main() -> None:
             print(f"{cmd}: {wall:.0f} s wall", flush=True)
     device = torch.device(a.device)
     where = machine(device)
-    rows = [row(a.preset, r, config, tight_test_nll(config, r, a.nll_test, device), where)
-            for r in runs]
+    rows = []
+    for r in runs:
+        nll = tight_test_nll(config, r, a.nll_test, device)
+        record_nll(config, r, nll, a.nll_test)
+        rows.append(row(a.preset, r, config, nll, where))
+    sets = [f"--set={o}" for o in a.set]
+    subprocess.run(["flowsci", "report", "-c", str(config_path), "-q", "--summary-only", *sets],
+                   check=True)  # summary.csv with the tight NLL
     print("\n".join(rows))
     if not a.no_append:
         append_rows(Path(a.doc), rows)

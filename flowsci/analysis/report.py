@@ -176,7 +176,8 @@ def summary_row(run: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """One line of summary.csv: NLL, ESS %, acceptance, observables ± errors, time, NFE."""
     row: dict[str, Any] = {"run": run, "system": metrics.get("system"),
                            "model": metrics.get("model"), "objective": metrics.get("objective")}
-    for k in ("test_nll", "val_nll", "n_requested", "n_samples", "n_failed", "ess", "pareto_k",
+    for k in ("test_nll", "test_nll_tight", "test_nll_tight_err", "val_nll", "n_requested",
+              "n_samples", "n_failed", "ess", "pareto_k",
               "max_weight", "log_z", "log_z_err", "training_time_s", "train_nfe_mean",
               "sample_nfe"):
         row[k] = metrics.get(k)
