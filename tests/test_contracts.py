@@ -141,6 +141,12 @@ def test_flow_contract(case):
     assert isinstance(flow.nfe, int) and isinstance(flow.exact_method, str)
     out = flow.training_log_prob(x)
     assert out.log_q.shape == (5,) and out.log_q.requires_grad
+    # push_forward is the sampling map, with the graph to the parameters
+    z = flow.prior.sample(3, generator=torch.Generator().manual_seed(1))
+    pushed = flow.push_forward(z)
+    assert pushed.requires_grad
+    torch.testing.assert_close(pushed.detach(), flow.sample(3, with_log_prob=False, z=z),
+                               atol=1e-3, rtol=0)  # the train solver may be coarser
 
 
 def test_cnf_solves_share_no_state():
