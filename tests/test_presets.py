@@ -50,7 +50,8 @@ def shrink(config: dict, results: Path) -> dict:
                                checkpoint_every=2, warmup_steps=0)
         if run["training"]["objective"]["name"] == "reverse_kl":
             run["training"]["solver"] = {"method": "rk4", "n_steps": 2, "adjoint": False}
-        run["sampling"] = {"n_samples": 8, "n_shards": 2, "batch_size": 4, "check_samples": 0}
+        run["sampling"] = {"n_samples": 8, "n_shards": 2, "batch_size": 4, "check_samples": 0,
+                           **{k: v for k, v in run["sampling"].items() if k == "chirality"}}
         run["reweighting"] = {**run["reweighting"], "n_bootstrap": 10, "mh_steps": 0}
     return cfg
 
@@ -71,6 +72,8 @@ def test_preset_runs_end_to_end_at_ci_size(preset, tmp_path):
     for run, spec in cfg["runs"].items():
         metrics = json.loads(paths.metrics_file(cfg, run).read_text())
         assert metrics["n_requested"] == 8 and metrics["ess"] > 0, (run, metrics)
+        if spec["sampling"].get("chirality"):
+            assert 0 <= metrics["mirrored_fraction"] <= 1
         if spec.get("init_from"):  # the second phase started from the first phase's weights
             log = paths.train_log(cfg, run).read_text().splitlines()
             assert len(log) == 3  # header + 2 steps
