@@ -91,9 +91,9 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
     if len(res["x"]) == 0:
         raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")
     seconds = time.perf_counter() - t0  # wall time of the exact sampling itself
-    n_mirrored = _fix_chirality(config, run, flow, target, res)
     n_check = min(int(sp["check_samples"]), len(res["x"]))
-    err = log_q_error(flow, res["x"][:n_check], res["log_q"][:n_check])
+    err = log_q_error(flow, res["x"][:n_check], res["log_q"][:n_check])  # of the flow itself
+    n_mirrored = _fix_chirality(config, run, flow, target, res)  # after: log q' = log q + log 2
     if not err <= LOG_Q_TOLERANCE and n_check:
         log.warning("%s: the exact log q is off by up to %.3g nats against a tight float64 solve "
                     "(limit %g): use a finer solver (runs.%s.flow: more n_steps, or dopri5 with a "
