@@ -4,22 +4,14 @@ import csv
 
 import torch
 
-from flowsci.flows.build import build_flow
-from flowsci.systems import build_target
-from flowsci.training import OBJECTIVES, TrainSettings, train_flow
+from flowsci.training import TrainSettings, train_flow
 from flowsci.training.checkpoint import latest_checkpoint
+
+from _tiny_training import tiny_dw4
 
 
 def _setup():
-    torch.manual_seed(0)
-    target = build_target({"name": "dw4"})
-    flow = build_flow({"model": {"name": "egnn", "params": {"hidden": 8, "n_layers": 1}},
-                       "flow": {"method": "rk4", "n_steps": 4},
-                       "training": {"solver": {"method": "midpoint", "n_steps": 3}}}, target)
-    obj = OBJECTIVES.build("likelihood", {"divergence": "hutchinson"}, target=target)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 4, 2, generator=g) * 2
-    return flow, obj, x - x.mean(1, keepdim=True)
+    return tiny_dw4()
 
 
 SETTINGS = dict(steps=6, batch_size=16, lr=1e-2, val_every=3, val_samples=8,

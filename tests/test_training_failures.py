@@ -11,27 +11,20 @@ import pytest
 import torch
 
 from flowsci.errors import DataError, FlowsciError
-from flowsci.flows.build import build_flow
-from flowsci.systems import build_target
-from flowsci.training import OBJECTIVES, TrainSettings, train_flow
+from flowsci.training import TrainSettings, train_flow
 from flowsci.training import loop as loop_module
 from flowsci.training.checkpoint import first_non_finite, latest_checkpoint, save_checkpoint
 from flowsci.training.guard import GuardSettings, NonFiniteError, TrainingDivergedError
+
+from _tiny_training import tiny_dw4
+
 
 SETTINGS = dict(steps=8, batch_size=8, lr=1e-2, val_every=100, checkpoint_every=2,
                 ema_decay=0.9, seed=3, lr_schedule="constant")
 
 
 def _setup():
-    torch.manual_seed(0)
-    target = build_target({"name": "dw4"})
-    flow = build_flow({"model": {"name": "egnn", "params": {"hidden": 8, "n_layers": 1}},
-                       "flow": {"method": "rk4", "n_steps": 4},
-                       "training": {"solver": {"method": "euler", "n_steps": 2}}}, target)
-    obj = OBJECTIVES.build("likelihood", {"divergence": "exact"}, target=target)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(32, 4, 2, generator=g) * 2
-    return flow, obj, x - x.mean(1, keepdim=True)
+    return tiny_dw4("euler", 2, "exact", 32)
 
 
 class Poisoned:

@@ -184,14 +184,25 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
 
 def read_array(path: str | os.PathLike, name: str, split: str | None = None) -> np.ndarray:
     """Read a dataset, optionally restricted to a split's indices."""
+    if split is None:
+        with h5py.File(path, "r") as f:
+            if name not in f:
+                raise DataError(f"{path}: no dataset {name!r}")
+            return f[name][()]
+    return read_splits(path, name, (split,))[split]
+
+
+def read_splits(path: str | os.PathLike, name: str, splits: tuple[str, ...]
+                ) -> dict[str, np.ndarray]:
+    """A dataset restricted to each split's indices, the dataset read once."""
     with h5py.File(path, "r") as f:
         if name not in f:
             raise DataError(f"{path}: no dataset {name!r}")
-        if split is None:
-            return f[name][()]
-        if f"splits/{split}" not in f:
-            raise DataError(f"{path}: no split {split!r}")
-        return f[name][()][f[f"splits/{split}"][()]]
+        missing = [s for s in splits if f"splits/{s}" not in f]
+        if missing:
+            raise DataError(f"{path}: no split {missing[0]!r}")
+        data = f[name][()]
+        return {s: data[f[f"splits/{s}"][()]] for s in splits}
 
 
 class ChunkedWriter:

@@ -247,13 +247,14 @@ def _metrics(config: dict, run: str, flow: dict, res: ReweightResults, n_boot: i
     spec = config["runs"][run]
     attrs = flow["attrs"]
     lw, keep = res.log_w, res.keep
+    ess = kish_ess(lw)
     rng = np.random.default_rng(seed)
     boots = [log_mean_weight(lw[rng.integers(0, len(lw), len(lw))]) for _ in range(n_boot)]
     train = training_summary(read_train_log(paths.train_log(config, run)))
     m: dict[str, Any] = {
         "run": run, "system": spec["system"], "model": spec["model"]["name"],
         "objective": spec["training"]["objective"]["name"],
-        **sample_counts(attrs, keep, kish_ess(lw)), "ess": kish_ess(lw),
+        **sample_counts(attrs, keep, ess), "ess": ess,
         "pareto_k": pareto_khat(lw), "max_weight": float(top_weights(lw, 1)[0]),
         "top_weights": top_weights(lw, 10).tolist(),
         "log_z": log_mean_weight(lw), "log_z_err": float(np.std(boots, ddof=1)) if n_boot > 1 else None,

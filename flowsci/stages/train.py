@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import paths
-from ..data.hdf5 import read_array, sha256_of
+from ..data.hdf5 import read_splits, sha256_of
 from ..device import resolve_device, resolve_dtype
 from ..errors import ConfigError, DataError
 from ..flows.build import build_flow
@@ -24,13 +24,22 @@ from .checks import check_data_file
 log = logging.getLogger(__name__)
 
 
-def load_split(config: dict, system: str, split: str) -> torch.Tensor:
-    """A split of the system's data as a float64 tensor [N, *event]."""
+def load_splits(config: dict, system: str, splits: tuple[str, ...],
+                target=None) -> dict[str, torch.Tensor]:
+    """Splits of the system's data as float64 tensors [N, *event], after checking once that
+    the file was made for this config's system (target: built from the config if None)."""
     path = paths.data_file(config, system)
-    target = build_target(config["systems"][system]["target"], f"systems.{system}.target")
-    attrs = check_data_file(config, system, target, path)  # made for this config's system
+    if target is None:
+        target = build_target(config["systems"][system]["target"], f"systems.{system}.target")
+    attrs = check_data_file(config, system, target, path)
     main = "positions" if attrs["kind"] == "particles" else "fields"
-    return torch.as_tensor(read_array(path, main, split), dtype=torch.float64)
+    return {s: torch.as_tensor(a, dtype=torch.float64)
+            for s, a in read_splits(path, main, splits).items()}
+
+
+def load_split(config: dict, system: str, split: str) -> torch.Tensor:
+    """One split of the system's data as a float64 tensor [N, *event] (see load_splits)."""
+    return load_splits(config, system, (split,))[split]
 
 
 # Settings that may change between chunks of one training without invalidating it.
@@ -103,8 +112,8 @@ def _train(config: dict, run: str, progress: bool, dev: torch.device,
     if tr["batch_size"] % where.world_size:
         raise ConfigError(f"runs.{run}.training.batch_size = {tr['batch_size']} must be "
                           f"divisible by the number of processes ({where.world_size})")
-    train_x = load_split(config, system, "train").to(dev, dtype)
-    val_x = load_split(config, system, "val").to(dev, dtype)
+    data = load_splits(config, system, ("train", "val", "test"), target)
+    train_x, val_x = data["train"].to(dev, dtype), data["val"].to(dev, dtype)
     out_dir = paths.run_dir(config, run)
     settings = TrainSettings.from_config(tr)
     if where.is_main:
@@ -118,7 +127,7 @@ def _train(config: dict, run: str, progress: bool, dev: torch.device,
         return None
     path = paths.model_file(config, run)
     if where.is_main:
-        test_x = load_split(config, system, "test").to(dev, dtype)[:1000]
+        test_x = data["test"][:1000].to(dev, dtype)
         raw_state = {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()}
         flow.load_state_dict({**flow.state_dict(), **result["ema"]})
         test_nll = validation_nll(flow, test_x)

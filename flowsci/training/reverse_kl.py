@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import torch
 
-from ..flows.base import Flow
+from ..flows.base import Flow, LikelihoodEstimate
 from .distributed import global_rows
 from .objectives import OBJECTIVES
+
+
+EXACT = LikelihoodEstimate(divergence="exact")
 
 
 @OBJECTIVES.register("reverse_kl")
@@ -79,6 +82,4 @@ class ReverseKLPathGradient:
 
 def _exact_train_log_prob(flow: Flow, x: torch.Tensor) -> torch.Tensor:
     """Exact log q(x) keeping the graph to x (train solver for a CNF)."""
-    from ..flows.base import LikelihoodEstimate
-
-    return flow.training_log_prob(x, LikelihoodEstimate(divergence="exact")).log_q
+    return flow.training_log_prob(x, EXACT).log_q
