@@ -62,7 +62,7 @@ def test_preset_runs_end_to_end_at_ci_size(preset, tmp_path):
     if preset == "ala2":
         pytest.importorskip("openmm")
     config = load_config(ROOT / "config" / "presets" / f"{preset}.yaml")
-    assert config["results_dir"] == "results/presets"
+    assert config["results_dir"] == f"results/presets/{preset}"  # own summary.csv
     small = shrink(config, tmp_path / "results")
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(small))

@@ -139,3 +139,57 @@ def test_second_phase_starts_from_the_first_phase_ema_weights(tmp_path):
     save_model_file(paths.model_file(cfg, "first"),
                     ModelFile.for_run(cfg, "first", trained.state_dict()))
     assert training_fingerprint(cfg, "second") != before
+
+
+def test_sample_gradients_are_bounded_not_dropped():
+    from flowsci.training.reverse_kl import bound_sample_gradients
+
+    torch.manual_seed(0)
+    g = torch.randn(9, 4, 3, dtype=D64)
+    g[3] *= 1e12  # a Lennard-Jones collision
+    bounded, n = bound_sample_gradients(g, 10.0)
+    norms = g.flatten(1).norm(dim=1)
+    new = bounded.flatten(1).norm(dim=1)
+    assert n == 1
+    assert float(new[3]) == pytest.approx(10 * float(norms.median()), rel=1e-12)
+    cos = (bounded[3] * g[3]).sum() / (new[3] * norms[3])
+    assert float(cos) == pytest.approx(1.0, abs=1e-12)  # same direction
+    keep = torch.arange(9) != 3
+    assert torch.equal(bounded[keep], g[keep])
+    assert bound_sample_gradients(g, None)[0] is g
+
+
+class CollidingGaussian(Gaussian):
+    """Gaussian plus a steep wall around the origin: samples near 0 get huge |du/dx|."""
+
+    def energy(self, x):
+        r2 = (x * x).sum(-1)
+        return super().energy(x) + 1e-6 / r2**6
+
+
+def test_a_colliding_sample_stays_in_the_step_with_a_bounded_gradient():
+    dim = 2
+    torch.manual_seed(3)
+    flow = _flow(0.0, dim)
+    target = CollidingGaussian(1.0, dim)
+    loss, stats = _objective(target, 256)(flow, torch.zeros(256, dim, dtype=D64))
+    loss.backward()
+    assert stats["dropped"] == 0 and stats["clipped"] >= 1
+    grad = float(flow.field.a.grad)
+    assert math.isfinite(grad)
+    # unbounded, the few samples near the wall swamp the gradient
+    flow.zero_grad()
+    torch.manual_seed(3)
+    free = OBJECTIVES.build("reverse_kl", {"batch_size": 256, "clip_gradient": None},
+                            target=target)
+    loss, _ = free(flow, torch.zeros(256, dim, dtype=D64))
+    loss.backward()
+    assert abs(float(flow.field.a.grad)) > 100 * abs(grad)
+
+
+@pytest.mark.parametrize("params", [{"clip_gradient": 0}, {"clip_energy": -1.0}])
+def test_clip_settings_must_be_positive(params):
+    from flowsci.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reverse_kl.*must be > 0"):
+        OBJECTIVES.build("reverse_kl", params, target=Gaussian(1.0, 2))

@@ -22,7 +22,8 @@ from .checkpoint import (capture_state, first_non_finite, latest_checkpoint, loa
 from .ema import EMA
 from .guard import GuardSettings, StepGuard
 
-LOG_FIELDS = ["step", "loss", "nll", "nfe", "grad_norm", "lr", "seconds", "val_nll"]
+LOG_FIELDS = ["step", "loss", "nll", "nfe", "grad_norm", "lr", "seconds", "val_nll",
+              "dropped", "clipped"]  # the last two: samples left out / bounded (reverse_kl)
 
 
 @dataclass
@@ -195,7 +196,8 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
             step += 1
             row = {"step": step, "loss": loss_g, "nll": nll_g, "nfe": stats.get("nfe", 0),
                    "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
-                   "seconds": time.perf_counter() - t0, "val_nll": ""}
+                   "seconds": time.perf_counter() - t0, "val_nll": "",
+                   "dropped": stats.get("dropped", ""), "clipped": stats.get("clipped", "")}
             if (where.is_main and val_x is not None and len(val_x)
                     and (step % settings.val_every == 0 or step == settings.steps)):
                 with ema.applied(flow):
