@@ -139,8 +139,7 @@ class E3NNField(VectorField):
         n = target.n_particles
         if n < 2:
             raise ValueError("e3nn field needs at least 2 particles")
-        z = torch.as_tensor(target.atomic_numbers, dtype=torch.long)
-        _, types = torch.unique(z, return_inverse=True)
+        types = torch.as_tensor(target.particle_types, dtype=torch.long)
         self.register_buffer("types", types, persistent=False)
         self.type_embed = nn.Embedding(n_types or int(types.max()) + 1, type_dim)
         self.time = FourierTime(n_time_freq)

@@ -61,7 +61,7 @@ class EGNNField(VectorField):
 
     hidden, n_layers: width/depth; n_time_freq: Fourier time features; coord_range: bound of
     each pair's coordinate update; n_types/type_dim: atom-type embedding (types from
-    target.atomic_numbers); graph: 'full' | 'radius' with `cutoff` (smooth envelope);
+    target.particle_types); graph: 'full' | 'radius' with `cutoff` (smooth envelope);
     aggregation_norm: divisor of neighbour sums (default n - 1).
     """
 
@@ -73,8 +73,7 @@ class EGNNField(VectorField):
         if target.kind != "particles":
             raise ValueError("egnn needs a particle target")
         check_graph(graph, cutoff)
-        z = torch.as_tensor(target.atomic_numbers, dtype=torch.long)
-        _, types = torch.unique(z, return_inverse=True)
+        types = torch.as_tensor(target.particle_types, dtype=torch.long)
         self.register_buffer("types", types, persistent=False)
         n_types = n_types or int(types.max()) + 1
         self.type_embed = nn.Embedding(n_types, type_dim)

@@ -95,8 +95,7 @@ class PairKernelField(VectorField):
         if cutoff is not None and cutoff <= 0:
             raise ValueError("pair_kernel: cutoff must be positive")
         n = target.n_particles
-        z = torch.as_tensor(target.atomic_numbers, dtype=torch.long)
-        _, types = torch.unique(z, return_inverse=True)
+        types = torch.as_tensor(target.particle_types, dtype=torch.long)
         n_types = n_types or int(types.max()) + 1
         self.register_buffer("types", types, persistent=False)
         self.register_buffer("onehot", F.one_hot(types, n_types).float(), persistent=False)

@@ -91,6 +91,23 @@ class ParticleTarget(Target):
         """Particle types; 0 means a generic (pseudo-)particle."""
         return [0] * self.n_particles
 
+    @property
+    def particle_types(self) -> list[int]:
+        """Type index per particle [n] for the vector fields, 0..T-1.
+
+        Particles share a type only when they are interchangeable: same permutation group
+        (`symmetry.permutations`) and atomic number. A particle in no group (every atom of a
+        molecule, told apart by its bonds) gets a type of its own, so the field is not forced
+        to treat, e.g., the 12 hydrogens of alanine dipeptide as one species (a density
+        symmetric under their 12! relabellings). Ordered by atomic number first, as before.
+        """
+        z = self.atomic_numbers
+        group = {i: g for g, members in enumerate(self.symmetry.permutations) for i in members}
+        n_groups = len(self.symmetry.permutations)
+        keys = [(z[i], group.get(i, n_groups + i)) for i in range(self.n_particles)]
+        index = {k: t for t, k in enumerate(sorted(set(keys)))}
+        return [index[k] for k in keys]
+
 
 @dataclass
 class LatticeTarget(Target):
