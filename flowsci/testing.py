@@ -96,9 +96,11 @@ def _sample_transform(name: str, target, x: torch.Tensor, rng: random.Random,
 
 
 def _type_groups(target) -> list[tuple[int, ...]]:
-    """Indices of particles with equal atomic numbers (when no groups are declared)."""
+    """Indices of particles of equal `particle_types` (when no groups are declared): the
+    relabellings a field is built to commute with (singletons for a molecule's atoms)."""
     groups: dict[int, list[int]] = {}
-    for i, z in enumerate(getattr(target, "atomic_numbers", [0] * target.n_particles)):
+    types = getattr(target, "particle_types", None) or [0] * target.n_particles
+    for i, z in enumerate(types):
         groups.setdefault(int(z), []).append(i)
     return [tuple(g) for g in groups.values()]
 
