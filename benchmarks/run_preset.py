@@ -110,15 +110,17 @@ def record_nll(config: dict, run: str, nll: tuple[float, float], n: int) -> None
 
 
 def row(preset: str, run: str, config: dict, nll: tuple[float, float], where: str,
-        overrides: list[str] = ()) -> str:
-    """One table row; a run with `--set` overrides names them beside the preset."""
+        overrides: list[str] = (), n_nll: int = 1000) -> str:
+    """One table row; a run with `--set` overrides names them beside the preset, a test NLL
+    on other than the first 1000 test configurations says on how many."""
     m = json.loads(paths.metrics_file(config, run).read_text())
     u = m["observables"].get("mean_energy", {})
     fmt = lambda v, e: "—" if v is None else f"{v:.3f} ± {e:.3f}" if e is not None else f"{v:.3f}"  # noqa: E731
     mh = (m.get("mh") or {}).get("acceptance")
     preset = " ".join([preset, *(f"`--set {o}`" for o in overrides)])
-    cells = [dt.date.today().isoformat(), preset, run, f"{m['n_requested']:,}",
-             f"{nll[0]:.3f} ± {nll[1]:.3f}", f"{100 * m['ess_fraction']:.2f}",
+    nll_cell = f"{nll[0]:.3f} ± {nll[1]:.3f}" + (f" (n = {n_nll})" if n_nll != 1000 else "")
+    cells = [dt.date.today().isoformat(), preset, run, f"{m['n_requested']:,}", nll_cell,
+             f"{100 * m['ess_fraction']:.2f}",
              f"{m['pareto_k']:.2f}" if m.get("pareto_k") is not None else "—",
              f"{mh:.3f}" if mh is not None else "—",
              fmt(u.get("reweighted"), u.get("reweighted_err")),
@@ -170,7 +172,7 @@ def main() -> None:
         else:
             nll = tight_test_nll(config, r, a.nll_test, device)
             record_nll(config, r, nll, a.nll_test)
-        rows.append(row(a.preset, r, config, nll, where, a.set))
+        rows.append(row(a.preset, r, config, nll, where, a.set, a.nll_test))
     sets = [f"--set={o}" for o in a.set]
     subprocess.run(["flowsci", "report", "-c", str(config_path), "-q", "--summary-only", *sets,
                     *[f"--run={r}" for r in runs]], check=True)  # summary.csv, tight NLL
