@@ -118,7 +118,10 @@ def row(preset: str, run: str, config: dict, nll: tuple[float, float], where: st
     fmt = lambda v, e: "—" if v is None else f"{v:.3f} ± {e:.3f}" if e is not None else f"{v:.3f}"  # noqa: E731
     mh = (m.get("mh") or {}).get("acceptance")
     preset = " ".join([preset, *(f"`--set {o}`" for o in overrides)])
-    nll_cell = f"{nll[0]:.3f} ± {nll[1]:.3f}" + (f" (n = {n_nll})" if n_nll != 1000 else "")
+    if nll[1] is None:  # --nll-test 0
+        nll_cell = f"{nll[0]:.3f} ‡"
+    else:
+        nll_cell = f"{nll[0]:.3f} ± {nll[1]:.3f}" + (f" (n = {n_nll})" if n_nll != 1000 else "")
     cells = [dt.date.today().isoformat(), preset, run, f"{m['n_requested']:,}", nll_cell,
              f"{100 * m['ess_fraction']:.2f}",
              f"{m['pareto_k']:.2f}" if m.get("pareto_k") is not None else "—",
@@ -148,7 +151,9 @@ def main() -> None:
     p.add_argument("preset", help="name of config/presets/<preset>.yaml")
     p.add_argument("--runs", nargs="*", help="runs to run and record (default: all)")
     p.add_argument("--record-only", action="store_true", help="only record finished outputs")
-    p.add_argument("--nll-test", type=int, default=1000, help="test configurations for the NLL")
+    p.add_argument("--nll-test", type=int, default=1000,
+                   help="test configurations for the tight NLL; 0: use the train stage's test "
+                        "NLL (first 1000, float32, the run's solver), marked ‡ in the row")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--no-append", action="store_true", help="print the rows only")
@@ -167,7 +172,9 @@ def main() -> None:
     rows = []
     for r in runs:
         m = json.loads(paths.metrics_file(config, r).read_text())
-        if a.record_only and m.get("test_nll_tight_n") == a.nll_test:  # already computed
+        if a.nll_test == 0:  # the train stage's value (float32, the run's solver), marked
+            nll = (m["test_nll"], None)
+        elif a.record_only and m.get("test_nll_tight_n") == a.nll_test:  # already computed
             nll = (m["test_nll_tight"], m["test_nll_tight_err"])
         else:
             nll = tight_test_nll(config, r, a.nll_test, device)
