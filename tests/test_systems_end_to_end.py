@@ -63,3 +63,31 @@ def test_train_sample_reweight_report(tmp_path, run):
     assert 0.0 <= metrics["mh"]["acceptance"] <= 1.0
     outputs = report(cfg, runs=[run])
     assert all(p.exists() for p in outputs)
+
+
+def test_train_stage_test_nll_uses_test_samples_and_keeps_checkpoints(tmp_path):
+    """training.test_samples sets how many test configurations the stored test NLL averages;
+    changing it (like steps or val_samples) does not invalidate the run's checkpoints."""
+    from flowsci import paths
+    from flowsci.model_file import load_model_file
+    from flowsci.stages.sample import load_trained_flow
+    from flowsci.stages.train import load_splits, training_fingerprint
+    from flowsci.systems import build_target
+
+    run = "phi4_conv_mle"
+    cfg = _config(tmp_path, run)
+    cfg["runs"][run]["training"]["test_samples"] = 5
+    preprocess(cfg, "phi4", progress=False)
+    before = training_fingerprint(cfg, run)
+    model = load_model_file(train(cfg, run, progress=False))
+    flow, _, _ = load_trained_flow(cfg, run, torch.device("cpu"), torch.float32)
+    test = load_splits(cfg, "phi4", ("test",), build_target(SYSTEMS["phi4"]["target"]))["test"]
+    assert len(test) > 5
+    with torch.no_grad():
+        expected = -flow.log_prob(test[:5].float()).mean().item()
+        other = -flow.log_prob(test[:6].float()).mean().item()
+    assert model.test_nll == pytest.approx(expected, rel=1e-5)
+    assert model.test_nll != pytest.approx(other, rel=1e-5)
+    cfg["runs"][run]["training"]["test_samples"] = 7
+    assert training_fingerprint(cfg, run) == before
+    assert paths.model_file(cfg, run).exists()

@@ -43,7 +43,7 @@ def load_split(config: dict, system: str, split: str) -> torch.Tensor:
 
 
 # Settings that may change between chunks of one training without invalidating it.
-RESUMABLE_KEYS = ("steps", "val_every", "val_samples", "checkpoint_every")
+RESUMABLE_KEYS = ("steps", "val_every", "val_samples", "test_samples", "checkpoint_every")
 
 
 def training_fingerprint(config: dict, run: str) -> str:
@@ -127,7 +127,7 @@ def _train(config: dict, run: str, progress: bool, dev: torch.device,
         return None
     path = paths.model_file(config, run)
     if where.is_main:
-        test_x = data["test"][:1000].to(dev, dtype)
+        test_x = data["test"][:tr["test_samples"]].to(dev, dtype)
         raw_state = {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()}
         flow.load_state_dict({**flow.state_dict(), **result["ema"]})
         test_nll = validation_nll(flow, test_x)
