@@ -239,7 +239,7 @@ def test_train_writes_progress_lines_with_loss_val_nll_and_eta(tree):
     assert mid and all(p["eta"] is not None for p in mid)
     assert {"loss", "val_nll"} <= set(mid[-1]["figures"])
     assert float(lines[-1]["figures"]["val_nll"]) == pytest.approx(
-        float(paths.train_log(cfg, "done").read_text().splitlines()[6].split(",")[-1]), rel=1e-3)
+        float(_log_rows(paths.train_log(cfg, "done"))[5]["val_nll"]), rel=1e-3)
     assert lines[-1]["done"] == 6 and lines[-1]["state"] == "done"
     half = logs["train half"].progress()
     assert half[-1]["done"] == 4 and half[-1]["state"] == "running" and half[-1]["eta"] is not None
@@ -311,3 +311,10 @@ def test_status_of_a_system_being_generated(tmp_path):
     assert (row.stage, row.eta) == ("preprocessing", "4m30s")
     assert row.progress.startswith("300/3000 steps (10%), 10 step/s, phase burn-in")
     assert st.run_status(cfg, "untouched").stage == "none"
+
+
+def _log_rows(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
