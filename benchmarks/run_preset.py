@@ -100,20 +100,22 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def record_nll(config: dict, run: str, nll: tuple[float, float], n: int) -> None:
-    """Store the tight test NLL in the run's metrics.json (the report's summary shows it)."""
+def record_nll(config: dict, run: str, nll: tuple[float, float], n: int) -> dict:
+    """Store the tight test NLL in the run's metrics.json (the report's summary shows it);
+    returns the updated metrics."""
     path = paths.metrics_file(config, run)
     m = json.loads(path.read_text())
     m.update(test_nll_tight=nll[0], test_nll_tight_err=nll[1], test_nll_tight_n=n)
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(m, indent=2, sort_keys=True))
+    return m
 
 
-def row(preset: str, run: str, config: dict, nll: tuple[float, float], where: str,
+def row(preset: str, run: str, m: dict, nll: tuple[float, float | None], where: str,
         overrides: list[str] = (), n_nll: int = 1000) -> str:
-    """One table row; a run with `--set` overrides names them beside the preset, a test NLL
-    on other than the first 1000 test configurations says on how many."""
-    m = json.loads(paths.metrics_file(config, run).read_text())
+    """One table row from the run's metrics `m`; a run with `--set` overrides names them
+    beside the preset, a test NLL on other than the first 1000 test configurations says on how
+    many, the train stage's NLL (error None) is marked ‡."""
     u = m["observables"].get("mean_energy", {})
     fmt = lambda v, e: "—" if v is None else f"{v:.3f} ± {e:.3f}" if e is not None else f"{v:.3f}"  # noqa: E731
     mh = (m.get("mh") or {}).get("acceptance")
@@ -153,7 +155,7 @@ def main() -> None:
     p.add_argument("--record-only", action="store_true", help="only record finished outputs")
     p.add_argument("--nll-test", type=int, default=1000,
                    help="test configurations for the tight NLL; 0: use the train stage's test "
-                        "NLL (first 1000, float32, the run's solver), marked ‡ in the row")
+                        "NLL (first training.test_samples, float32, the run's solver), marked ‡")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--no-append", action="store_true", help="print the rows only")
@@ -178,8 +180,8 @@ def main() -> None:
             nll = (m["test_nll_tight"], m["test_nll_tight_err"])
         else:
             nll = tight_test_nll(config, r, a.nll_test, device)
-            record_nll(config, r, nll, a.nll_test)
-        rows.append(row(a.preset, r, config, nll, where, a.set, a.nll_test))
+            m = record_nll(config, r, nll, a.nll_test)
+        rows.append(row(a.preset, r, m, nll, where, a.set, a.nll_test))
     sets = [f"--set={o}" for o in a.set]
     subprocess.run(["flowsci", "report", "-c", str(config_path), "-q", "--summary-only", *sets,
                     *[f"--run={r}" for r in runs]], check=True)  # summary.csv, tight NLL

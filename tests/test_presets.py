@@ -77,6 +77,8 @@ def test_preset_runs_end_to_end_at_ci_size(preset, tmp_path):
         if spec.get("init_from"):  # the second phase started from the first phase's weights
             log = paths.train_log(cfg, run).read_text().splitlines()
             assert len(log) == 3  # header + 2 steps
+            if spec["training"]["objective"]["name"] == "reverse_kl":  # its own log columns
+                assert log[0].endswith(",dropped,clipped"), log[0]
 
 
 @pytest.mark.slow

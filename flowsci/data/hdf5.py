@@ -186,22 +186,25 @@ def read_array(path: str | os.PathLike, name: str, split: str | None = None) -> 
     """Read a dataset, optionally restricted to a split's indices."""
     if split is None:
         with h5py.File(path, "r") as f:
-            if name not in f:
-                raise DataError(f"{path}: no dataset {name!r}")
-            return f[name][()]
+            return _dataset(f, path, name)[()]
     return read_splits(path, name, (split,))[split]
+
+
+def _dataset(f: h5py.File, path: str | os.PathLike, name: str) -> h5py.Dataset:
+    if name not in f:
+        raise DataError(f"{path}: no dataset {name!r}")
+    return f[name]
 
 
 def read_splits(path: str | os.PathLike, name: str, splits: tuple[str, ...]
                 ) -> dict[str, np.ndarray]:
     """A dataset restricted to each split's indices, the dataset read once."""
     with h5py.File(path, "r") as f:
-        if name not in f:
-            raise DataError(f"{path}: no dataset {name!r}")
+        dataset = _dataset(f, path, name)
         missing = [s for s in splits if f"splits/{s}" not in f]
         if missing:
             raise DataError(f"{path}: no split {missing[0]!r}")
-        data = f[name][()]
+        data = dataset[()]
         return {s: data[f[f"splits/{s}"][()]] for s in splits}
 
 

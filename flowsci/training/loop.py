@@ -22,8 +22,7 @@ from .checkpoint import (capture_state, first_non_finite, latest_checkpoint, loa
 from .ema import EMA
 from .guard import GuardSettings, StepGuard
 
-LOG_FIELDS = ["step", "loss", "nll", "nfe", "grad_norm", "lr", "seconds", "val_nll",
-              "dropped", "clipped"]  # the last two: samples left out / bounded (reverse_kl)
+LOG_FIELDS = ["step", "loss", "nll", "nfe", "grad_norm", "lr", "seconds", "val_nll"]
 
 
 @dataclass
@@ -161,7 +160,9 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
 
     good = snapshot()  # the state a rollback returns to (the last checkpoint)
     main_dir = out_dir if where.is_main else None
-    log = _Log(main_dir / "train_log.csv" if main_dir else None, resume_step=step)
+    extra = list(getattr(objective, "log_stats", ()))  # the objective's own columns
+    log = _Log(main_dir / "train_log.csv" if main_dir else None, resume_step=step,
+               fields=LOG_FIELDS + extra)
     last = min(stop_after if stop_after is not None else settings.steps, settings.steps)
     figures = {"loss": float("nan"), "val_nll": log.last_val_nll}
     bar = (Progress(settings.steps, desc, initial=step, unit="step", bar=progress,
@@ -197,7 +198,7 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
             row = {"step": step, "loss": loss_g, "nll": nll_g, "nfe": stats.get("nfe", 0),
                    "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0, "val_nll": "",
-                   "dropped": stats.get("dropped", ""), "clipped": stats.get("clipped", "")}
+                   **{k: stats.get(k, "") for k in extra}}
             if (where.is_main and val_x is not None and len(val_x)
                     and (step % settings.val_every == 0 or step == settings.steps)):
                 with ema.applied(flow):
@@ -249,7 +250,8 @@ def _rollback(guard: StepGuard, good: dict, step: int, flow, opt, sched, ema, ge
 class _Log:
     """Append-only CSV log; on resume, rows after the checkpointed step are dropped."""
 
-    def __init__(self, path: Path | None, resume_step: int):
+    def __init__(self, path: Path | None, resume_step: int, fields: list[str] = LOG_FIELDS):
+        self.fields = fields
         self._open(path, resume_step)
 
     def rewind(self, step: int) -> None:
@@ -272,7 +274,7 @@ class _Log:
             self.last_val_nll = float(vals[-1])
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "w", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
         self.writer.writeheader()
         self.writer.writerows(rows)
         self.file.flush()

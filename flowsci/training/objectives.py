@@ -32,6 +32,8 @@ from ..registry import Registry
 
 class Objective(Protocol):
     needs_vector_field: bool
+    # optional: names of per-step stats written as extra train_log.csv columns
+    # log_stats: tuple[str, ...]
 
     def __call__(self, flow: Flow, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]: ...
 

@@ -43,6 +43,7 @@ class ReverseKLPathGradient:
     """
 
     needs_vector_field = False
+    log_stats = ("dropped", "clipped")  # samples left out / bounded per step
 
     def __init__(self, target, batch_size: int | None = None, clip_gradient: float | None = 10.0,
                  clip_energy: float | None = None):
