@@ -8,6 +8,7 @@ torch.load(weights_only=True), so a file can never run code), with a format vers
   run_config       JSON of runs.<run> at training time
   target           JSON of systems.<system>.target at training time
   step, train_seconds, test_nll, dtype
+  fingerprint      the training fingerprint (stages/train.py) it was trained under ('' if unknown)
 `check_matches` refuses a model file made for another model, prior or target than the current
 config (sampling settings such as the ODE solver may differ: they are not part of the model).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,14 @@ class ModelFile:
     train_seconds: float
     test_nll: float
     dtype: str
+    fingerprint: str = ""
     version: int = MODEL_FILE_VERSION
 
     @classmethod
     def for_run(cls, config: dict, run: str, state_dict: dict[str, torch.Tensor],
                 raw_state_dict: dict[str, torch.Tensor] | None = None, step: int = 0,
-                train_seconds: float = float("nan"), test_nll: float = float("nan")
-                ) -> "ModelFile":
+                train_seconds: float = float("nan"), test_nll: float = float("nan"),
+                fingerprint: str = "") -> "ModelFile":
         """A model file for config's run (names, run config and target taken from `config`)."""
         spec = config["runs"][run]
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
@@ -60,7 +62,8 @@ class ModelFile:
                    run=run, system=spec["system"], run_config=canonical_json(spec),
                    target=canonical_json(config["systems"][spec["system"]]["target"]), step=int(step),
                    train_seconds=float(train_seconds), test_nll=float(test_nll),
-                   dtype=spec.get("training", {}).get("dtype", "float32"))
+                   dtype=spec.get("training", {}).get("dtype", "float32"),
+                   fingerprint=fingerprint)
 
     def weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
         return self.state_dict if use_ema else self.raw_state_dict
@@ -99,10 +102,11 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
         raise DataError(f"{path}: model file format version {found!r}, this flowsci reads "
                         f"version {MODEL_FILE_VERSION}; retrain (delete the file)")
     names = {f.name for f in fields(ModelFile)}
-    missing = sorted(names - set(raw))
+    required = {f.name for f in fields(ModelFile) if f.default is MISSING}
+    missing = sorted(required - set(raw))
     if missing:
         raise DataError(f"{path}: model file lacks {missing}")
-    return ModelFile(**{k: raw[k] for k in names})
+    return ModelFile(**{k: raw[k] for k in names if k in raw})
 
 
 def check_matches(model: ModelFile, path: str | os.PathLike, config: dict, run: str) -> None:

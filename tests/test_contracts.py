@@ -147,6 +147,10 @@ def test_flow_contract(case):
     assert pushed.requires_grad
     torch.testing.assert_close(pushed.detach(), flow.sample(3, with_log_prob=False, z=z),
                                atol=1e-3, rtol=0)  # the train solver may be coarser
+    # pull_back inverts it (no graph): where the forward-KL path gradient starts
+    back = flow.pull_back(pushed.detach())
+    assert not back.requires_grad
+    torch.testing.assert_close(back, z, atol=1e-3, rtol=0)
 
 
 def test_cnf_solves_share_no_state():

@@ -48,7 +48,7 @@ def shrink(config: dict, results: Path) -> dict:
         run["flow"] = {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3}
         run["training"].update(steps=2, batch_size=8, val_every=2, val_samples=4,
                                checkpoint_every=2, warmup_steps=0)
-        if run["training"]["objective"]["name"] == "reverse_kl":
+        if run["training"]["objective"]["name"] in ("reverse_kl", "forward_kl"):
             run["training"]["solver"] = {"method": "rk4", "n_steps": 2, "adjoint": False}
         run["sampling"] = {"n_samples": 8, "n_shards": 2, "batch_size": 4, "check_samples": 0,
                            **{k: v for k, v in run["sampling"].items() if k == "chirality"}}
@@ -77,8 +77,9 @@ def test_preset_runs_end_to_end_at_ci_size(preset, tmp_path):
         if spec.get("init_from"):  # the second phase started from the first phase's weights
             log = paths.train_log(cfg, run).read_text().splitlines()
             assert len(log) == 3  # header + 2 steps
-            if spec["training"]["objective"]["name"] == "reverse_kl":  # its own log columns
-                assert log[0].endswith(",dropped,clipped"), log[0]
+            columns = {"reverse_kl": ",dropped,clipped", "forward_kl": ",clipped"}  # their own
+            if spec["training"]["objective"]["name"] in columns:
+                assert log[0].endswith(columns[spec["training"]["objective"]["name"]]), log[0]
 
 
 @pytest.mark.slow

@@ -5,40 +5,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
-from flowsci.flows.cnf import CNF, SolverConfig
-from flowsci.flows.priors import StandardGaussian
-from flowsci.models.base import VectorField
+from _gaussian_flows import D64, Gaussian, linear_flow as _flow
 from flowsci.training import OBJECTIVES
-
-D64 = torch.float64
-TIGHT = SolverConfig(method="dopri5", rtol=1e-10, atol=1e-10, adjoint=False)
-
-
-class Scale(VectorField):
-    """f(t, x) = a x: T(z) = e^a z, q = N(0, e^{2a} I)."""
-
-    def __init__(self, a: float):
-        super().__init__()
-        self.a = nn.Parameter(torch.tensor(a, dtype=D64))
-
-    def forward(self, t, x):
-        return self.a * x
-
-
-class Gaussian:
-    """u(x) = |x|^2 / (2 s^2) in D dimensions."""
-
-    def __init__(self, s: float, dim: int):
-        self.s, self.event_dim, self.event_shape = s, dim, (dim,)
-
-    def energy(self, x):
-        return (x * x).sum(-1) / (2 * self.s**2)
-
-
-def _flow(a: float, dim: int) -> CNF:
-    return CNF(Scale(a), StandardGaussian((dim,)).to(D64), TIGHT, TIGHT)
 
 
 def _objective(target, batch):
@@ -142,7 +111,7 @@ def test_second_phase_starts_from_the_first_phase_ema_weights(tmp_path):
 
 
 def test_sample_gradients_are_bounded_not_dropped():
-    from flowsci.training.reverse_kl import bound_sample_gradients
+    from flowsci.training.path_gradients import bound_sample_gradients
 
     torch.manual_seed(0)
     g = torch.randn(9, 4, 3, dtype=D64)

@@ -30,6 +30,8 @@ RUNS = {
     "phi4_conv_mle": ("phi4", {"name": "lattice_conv"}, "likelihood"),
     "phi4_conv_otfm": ("phi4", {"name": "lattice_conv"}, "ot_flow_matching"),
     "phi4_realnvp": ("phi4", {"name": "realnvp"}, "likelihood"),
+    "lj13_pair_fkl": ("lj13", {"name": "pair_kernel"}, "forward_kl"),
+    "phi4_realnvp_fkl": ("phi4", {"name": "realnvp"}, "forward_kl"),
 }
 
 
@@ -91,3 +93,23 @@ def test_train_stage_test_nll_uses_test_samples_and_keeps_checkpoints(tmp_path):
     cfg["runs"][run]["training"]["test_samples"] = 7
     assert training_fingerprint(cfg, run) == before
     assert paths.model_file(cfg, run).exists()
+
+
+def test_a_finished_training_is_not_rewritten(tmp_path, caplog):
+    """Training again with the same settings keeps model.pt byte for byte (its hash keys the
+    run's samples and a second phase's checkpoints); more steps continue the training."""
+    from flowsci.data.hdf5 import sha256_of
+    from flowsci.model_file import load_model_file
+
+    run = "phi4_conv_mle"
+    cfg = _config(tmp_path, run)
+    preprocess(cfg, "phi4", progress=False)
+    path = train(cfg, run, progress=False)
+    sha, mtime = sha256_of(path), path.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="flowsci.stages.train"):
+        assert train(cfg, run, progress=False) == path
+    assert "already holds this training" in caplog.text
+    assert (sha256_of(path), path.stat().st_mtime_ns) == (sha, mtime)
+    cfg["runs"][run]["training"]["steps"] = 5
+    train(cfg, run, progress=False)
+    assert load_model_file(path).step == 5 and sha256_of(path) != sha

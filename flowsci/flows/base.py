@@ -8,6 +8,7 @@ A flow q is a normalised density on the target's event space with exact sampling
   exact_method                  how log q is computed (e.g. 'closed_form', 'vjp_batched')
   prior                         the base distribution
   push_forward(z)               x = T(z) with the graph to the parameters (energy training)
+  pull_back(x)                  z = T^-1(x), no graph (where path gradients start from data)
   training_log_prob(x, est)     the log q used by the likelihood objective: `est` says how it
                                 may be estimated (e.g. the Hutchinson trace for a CNF); flows
                                 whose exact log q is cheap return it and ignore `est`.
@@ -79,6 +80,12 @@ class Flow(nn.Module, metaclass=abc.ABCMeta):
         z: [B, *event] prior draws -> [B, *event]."""
         raise ConfigError(f"{type(self).__name__} has no differentiable sampling map; the "
                           "energy-based objectives need one")
+
+    def pull_back(self, x: torch.Tensor) -> torch.Tensor:
+        """z = T^-1(x) by the same map as push_forward, without a graph (the forward-KL path
+        gradient starts its push-forward there). x: [B, *event] -> [B, *event]."""
+        raise ConfigError(f"{type(self).__name__} has no inverse sampling map; the forward-KL "
+                          "path gradient needs one")
 
     def training_log_prob(self, x: torch.Tensor,
                           estimate: LikelihoodEstimate = LikelihoodEstimate()) -> TrainingLogProb:

@@ -191,6 +191,11 @@ class CNF(Flow):
         """x = T(z) by the train solver, with the graph (no log-density: a plain solve)."""
         return self._solve((z,), 0.0, 1.0, None, train=True)[0]
 
+    def pull_back(self, x: torch.Tensor) -> torch.Tensor:
+        """z = T^-1(x) by the train solver (the inverse of push_forward up to its error)."""
+        with torch.no_grad():
+            return self._solve((x,), 1.0, 0.0, None, train=True)[0].detach()
+
     def sample(self, n: int, with_log_prob: bool = True,
                generator: torch.Generator | None = None, z: torch.Tensor | None = None):
         """Draw n samples prior -> data. Returns x, or (x, log q) with the exact trace."""

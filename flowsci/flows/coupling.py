@@ -123,6 +123,10 @@ class RealNVP(Flow):
     def push_forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.forward(z)[0]
 
+    def pull_back(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.inverse(x)[0]
+
     def sample(self, n: int, with_log_prob: bool = True,
                generator: torch.Generator | None = None, z: torch.Tensor | None = None):
         """n samples, and their exact log q if with_log_prob. -> x or (x, log_q)."""

@@ -61,6 +61,24 @@ def training_fingerprint(config: dict, run: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _finished_model(config: dict, run: str) -> Path | None:
+    """model.pt if it already holds this training's final result (same fingerprint, all
+    training.steps), else None. Rewriting it would change its hash: the run's samples and the
+    checkpoints of a second phase started from it would be redone for nothing."""
+    path = paths.model_file(config, run)
+    if not path.is_file():
+        return None
+    try:
+        model = load_model_file(path)
+        fingerprint = training_fingerprint(config, run)  # needs the data (and init_from) files
+    except (DataError, OSError):
+        return None
+    if model.step != config["runs"][run]["training"]["steps"] or model.fingerprint != fingerprint:
+        return None
+    log.info("%s already holds this training (step %d); skipping", path, model.step)
+    return path
+
+
 def initial_weights(config: dict, run: str, flow: torch.nn.Module) -> Path:
     """Load the EMA weights of runs.<run>.init_from's model.pt into `flow` (which must be the
     same model and prior for the same target); returns that file's path."""
@@ -98,6 +116,9 @@ def _train(config: dict, run: str, progress: bool, dev: torch.device,
     system = spec["system"]
     target = build_target(config["systems"][system]["target"], f"systems.{system}.target")
     tr = spec["training"]
+    done = _finished_model(config, run)
+    if done is not None:
+        return done
     dtype = resolve_dtype(tr["dtype"])
     torch.manual_seed(tr["seed"])
     flow = build_flow(spec, target, run).to(dev, dtype)
@@ -116,13 +137,14 @@ def _train(config: dict, run: str, progress: bool, dev: torch.device,
     train_x, val_x = data["train"].to(dev, dtype), data["val"].to(dev, dtype)
     out_dir = paths.run_dir(config, run)
     settings = TrainSettings.from_config(tr)
+    fingerprint = training_fingerprint(config, run)
     if where.is_main:
         log.info("training %s on %s (%s, %s, %d process%s): %d train / %d val samples", run,
                  system, dev, dtype, where.world_size, "es" if where.world_size > 1 else "",
                  len(train_x), len(val_x))
     result = train_flow(flow, objective, train_x, settings, val_x=val_x, out_dir=out_dir,
                         progress=progress, stop_after=stop_after,
-                        fingerprint=training_fingerprint(config, run), desc=f"train {run}")
+                        fingerprint=fingerprint, desc=f"train {run}")
     if not result["finished"]:
         return None
     path = paths.model_file(config, run)
@@ -133,7 +155,7 @@ def _train(config: dict, run: str, progress: bool, dev: torch.device,
         test_nll = validation_nll(flow, test_x)
         model = ModelFile.for_run(config, run, flow.state_dict(), raw_state,  # EMA, last weights
                                   step=result["step"], train_seconds=result["elapsed"],
-                                  test_nll=test_nll)
+                                  test_nll=test_nll, fingerprint=fingerprint)
         path = save_model_file(path, model)
         log.info("saved %s (test NLL %.4f, %.1f s%s)", path, test_nll, result["elapsed"],
                  f", {result['skipped_steps']} skipped steps" if result["skipped_steps"] else "")

@@ -1,6 +1,6 @@
 """Training objectives (`OBJECTIVES`) and the shared loop (`train_flow`)."""
 
-from . import likelihood, matching, reverse_kl  # noqa: F401  (register the objectives)
+from . import likelihood, matching, path_gradients  # noqa: F401  (register the objectives)
 from .loop import TrainSettings, train_flow
 from .objectives import OBJECTIVES
 
