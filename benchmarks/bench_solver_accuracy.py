@@ -3,7 +3,9 @@
 For each trained run of a results tree, n test configurations (the data split) are mapped
 data -> prior with every solver setting, in the sampling dtype (float32), and compared with a
 float64 dopri5 solve at rtol = atol = 1e-10. Writes a JSON and a Markdown table; the cheapest
-setting whose max |error| stays below --target nats is marked.
+setting whose max |error| stays below --target nats is marked. --from-prior uses n of the flow's
+own samples instead (seeded prior draws pushed through a float64 dopri5 solve at 1e-10): where
+the energy-based objectives evaluate log q with their fixed-step training solver.
 
     python benchmarks/bench_solver_accuracy.py -c config/config.yaml --results results \
         --out benchmarks/results/solver_accuracy
@@ -30,11 +32,15 @@ SETTINGS = ([("dopri5", dict(rtol=r, atol=r)) for r in (1e-3, 1e-4, 1e-5, 1e-6, 
 REFERENCE = SolverConfig(method="dopri5", rtol=1e-10, atol=1e-10)
 
 
-def measure(config: dict, run: str, n: int) -> list[dict]:
+def measure(config: dict, run: str, n: int, from_prior: bool = False) -> list[dict]:
     cpu = torch.device("cpu")
     flow32, _, _ = load_trained_flow(config, run, cpu, torch.float32)
     flow64, _, _ = load_trained_flow(config, run, cpu, torch.float64)
-    x = load_split(config, config["runs"][run]["system"], "test")[:n]
+    if from_prior:
+        z = flow64.prior.sample(n, generator=torch.Generator().manual_seed(0))
+        x = flow64.with_solver(REFERENCE).sample(n, with_log_prob=False, z=z)
+    else:
+        x = load_split(config, config["runs"][run]["system"], "test")[:n]
     with torch.no_grad():
         ref = flow64.with_solver(REFERENCE).log_prob(x)
     rows = []
@@ -73,17 +79,20 @@ def main() -> None:
     p.add_argument("--results", default=None, help="results_dir (default: the config's)")
     p.add_argument("--run", action="append")
     p.add_argument("-n", type=int, default=256, help="test configurations per run")
+    p.add_argument("--from-prior", action="store_true",
+                   help="the flow's own samples instead of test configurations")
     p.add_argument("--target", type=float, default=0.01, help="max |error| in nats")
     p.add_argument("--out", default="benchmarks/results/solver_accuracy")
     a = p.parse_args()
     torch.set_num_threads(1)
     sets = [f"results_dir={a.results}"] if a.results else []
     config = load_config(a.config, sets)
-    rows = [r for run in (a.run or list(config["runs"])) for r in measure(config, run, a.n)]
+    rows = [r for run in (a.run or list(config["runs"])) for r in measure(config, run, a.n, a.from_prior)]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": 1, "n": a.n, "target": a.target}
+            "torch": torch.__version__, "threads": 1, "n": a.n, "target": a.target,
+            "points": "flow samples" if a.from_prior else "test configurations"}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = markdown(rows, a.target)
     out.with_suffix(".md").write_text(f"{json.dumps(meta)}\n\n{table}\n")
