@@ -206,9 +206,12 @@ CASES: list[tuple[str, list[str], Callable[[Case], None], list[str]]] = [
     ("lattice data to reweight", ["reweight"],
      lambda c: shutil.copy(c.file("phi_data"), c.file("data")), ["data.h5", "lattice"]),
     # checkpoints and model files
-    ("checkpoint garbage", ["train"], lambda c: c.file("ckpt").write_bytes(b"garbage"),
+    # (model.pt removed: a finished training is not resumed, so it would not read them)
+    ("checkpoint garbage", ["train"],
+     lambda c: (c.file("ckpt").write_bytes(b"garbage"), c.file("model").unlink()),
      ["ckpt-2.pt", "cannot read checkpoint"]),
-    ("checkpoint pickle", ["train"], lambda c: _pickle_bomb(c.file("ckpt"), c.root / "MARKER"),
+    ("checkpoint pickle", ["train"],
+     lambda c: (_pickle_bomb(c.file("ckpt"), c.root / "MARKER"), c.file("model").unlink()),
      ["ckpt-2.pt", "cannot read checkpoint"]),
     ("model missing", ["sample", "--shard", "0"], lambda c: c.file("model").unlink(),
      ["model.pt", "not found"]),
