@@ -78,7 +78,7 @@ def main() -> None:
     p.add_argument("-c", "--config", default="config/config.yaml")
     p.add_argument("--results", default=None, help="results_dir (default: the config's)")
     p.add_argument("--run", action="append")
-    p.add_argument("-n", type=int, default=256, help="test configurations per run")
+    p.add_argument("-n", type=int, default=256, help="configurations per run")
     p.add_argument("--from-prior", action="store_true",
                    help="the flow's own samples instead of test configurations")
     p.add_argument("--target", type=float, default=0.01, help="max |error| in nats")
@@ -87,7 +87,8 @@ def main() -> None:
     torch.set_num_threads(1)
     sets = [f"results_dir={a.results}"] if a.results else []
     config = load_config(a.config, sets)
-    rows = [r for run in (a.run or list(config["runs"])) for r in measure(config, run, a.n, a.from_prior)]
+    rows = [r for run in (a.run or list(config["runs"]))
+            for r in measure(config, run, a.n, a.from_prior)]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
