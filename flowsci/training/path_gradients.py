@@ -67,7 +67,7 @@ class ReverseKLPathGradient:
         n = self.batch_size or len(x)
         z = global_rows(lambda m: flow.prior.sample(m), n).to(x.device, x.dtype)
         xt = flow.push_forward(z)  # graph to the parameters
-        g, log_q, u = self.sample_gradient(flow, xt.detach())
+        g, log_q, u = sample_gradient(flow, self.target, xt.detach())
         keep = torch.isfinite(g.flatten(1)).all(1) & torch.isfinite(log_q) & torch.isfinite(u)
         if self.clip_energy is not None and keep.any():
             keep &= u <= u[keep].median() + self.clip_energy
@@ -82,10 +82,6 @@ class ReverseKLPathGradient:
         stats = {"nll": float("nan"), "nfe": flow.nfe - nfe0, "reverse_kl": kl.item(),
                  "dropped": int((~keep).sum()), "clipped": n_clipped}
         return loss, stats
-
-    def sample_gradient(self, flow: Flow, x: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return sample_gradient(flow, self.target, x)
 
 
 @OBJECTIVES.register("forward_kl")
