@@ -27,6 +27,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..atom_selection import import_mdtraj as _import_mdtraj
+from ..atom_selection import select_atoms
 from ..errors import ConfigError, DataError
 from . import units as U
 
@@ -71,15 +73,6 @@ class MDMeta:
     units: dict[str, Any] = field(default_factory=dict)
     has_energy: bool = False
     has_forces: bool = False
-
-
-def _import_mdtraj() -> Any:
-    try:
-        import mdtraj
-    except ImportError:
-        raise ImportError("reading DCD/XTC/TRR/NetCDF trajectories needs MDTraj: "
-                          "pip install 'flowsci[md]' (or pip install mdtraj)") from None
-    return mdtraj
 
 
 def _suffix(path: Path) -> str:
@@ -127,34 +120,6 @@ def load_topology(topology: str | os.PathLike) -> Any:
     except Exception as e:  # parsers raise ValueError, IOError, KeyError, ...
         raise DataError(f"{topology}: cannot read the topology ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
-
-
-def select_atoms(top: Any, atoms: str | Sequence[int] | None, where: str) -> np.ndarray:
-    """Indices of the atoms an MDTraj selection string (or an index list) picks, sorted.
-
-    e.g. 'not element H' (heavy atoms), 'resid 0 to 2' (0-based residues), 'protein',
-    'not water and not type Na Cl'. DataError if it is malformed or matches nothing.
-    """
-    if atoms is None:
-        return np.arange(top.n_atoms)
-    if isinstance(atoms, str):
-        try:
-            idx = np.asarray(top.select(atoms), dtype=np.int64)
-        except Exception as e:
-            raise DataError(f"{where}: bad atom selection {atoms!r} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    else:
-        idx = np.asarray(list(atoms), dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= top.n_atoms):
-            raise DataError(f"{where}: atom indices {list(atoms)[:5]}... outside "
-                            f"[0, {top.n_atoms}) of the topology")
-        if len(np.unique(idx)) != len(idx):
-            raise DataError(f"{where}: atom indices repeat an atom")
-        idx = np.sort(idx)
-    if idx.size == 0:
-        raise DataError(f"{where}: atom selection {atoms!r} matches no atom of the topology "
-                        f"({top.n_atoms} atoms)")
-    return idx
 
 
 def _elements(top: Any, idx: np.ndarray, topology: str) -> tuple[np.ndarray, np.ndarray]:

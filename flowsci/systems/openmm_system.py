@@ -215,10 +215,10 @@ class OpenMMTarget(ParticleTarget):
 
     def _select(self, app: Any, top: Any, pos: Any) -> tuple[Any, Any]:
         """Keep the selected atoms (MDTraj selection or indices) of a PDB topology."""
-        from ..data.md_trajectory import _import_mdtraj, select_atoms
+        from ..atom_selection import import_mdtraj, select_atoms
         from ..errors import DataError
 
-        md = _import_mdtraj()
+        md = import_mdtraj()
         try:
             keep = set(select_atoms(md.Topology.from_openmm(top), self.atoms,
                                     f"pdb {self.pdb or 'alanine dipeptide'}").tolist())
