@@ -54,6 +54,15 @@ def mirror_wrong_handed(x: torch.Tensor, log_q: torch.Tensor,
     return x, log_q + math.log(2.0), mirrored
 
 
+def mirrored_log_prob(x: torch.Tensor, log_q: torch.Tensor, atoms: tuple[int, int, int, int],
+                      sign: int) -> torch.Tensor:
+    """log q'(x) of the mirrored samples' density from the flow's log q(x): log q + log 2 on
+    the right-handed half (and planar points), -inf on the wrong-handed one. x: [B, n, 3],
+    log_q: [B] -> [B]."""
+    wrong = handedness(x, atoms) == -sign
+    return torch.where(wrong, torch.full_like(log_q, -math.inf), log_q + math.log(2.0))
+
+
 def check_reflection_symmetric(flow, x: torch.Tensor, log_q: torch.Tensor,
                                tol: float = 1e-2) -> float:
     """max |log q(-x) - log q(x)| over the samples x [B, n, 3] with their log q [B]; raises

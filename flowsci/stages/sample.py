@@ -84,16 +84,12 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
         config, run, dev, resolve_dtype(sp["dtype"]), sp["use_ema"])
     n = shard_sizes(sp["n_samples"], sp["n_shards"])[shard]
     seed = shard_seed(sp["seed"], shard)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    res = sample_exact(flow, target, n, sp["batch_size"], gen, progress=progress,
-                       desc=f"sample {run} shard {shard}")
+    res = draw_samples(config, run, flow, target, n, seed, progress=progress,
+                       desc=f"sample {run} shard {shard}", check_samples=int(sp["check_samples"]))
     if len(res["x"]) == 0:
         raise DataError(f"{out}: all {n} samples failed; the model or solver settings are broken")
-    seconds = time.perf_counter() - t0  # wall time of the exact sampling itself
-    n_check = min(int(sp["check_samples"]), len(res["x"]))
-    err = log_q_error(flow, res["x"][:n_check], res["log_q"][:n_check])  # of the flow itself
-    n_mirrored = _fix_chirality(config, run, flow, target, res)  # after: log q' = log q + log 2
+    seconds, err, n_check, n_mirrored = (res[k] for k in ("seconds", "log_q_error",
+                                                           "log_q_error_n", "n_mirrored"))
     if not err <= LOG_Q_TOLERANCE and n_check:
         log.warning("%s: the exact log q is off by up to %.3g nats against a tight float64 solve "
                     "(limit %g): use a finer solver (runs.%s.flow: more n_steps, or dopri5 with a "
@@ -117,19 +113,51 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
     return out
 
 
+def draw_samples(config: dict, run: str, flow: Flow, target, n: int, seed: int, *,
+                 progress: bool = True, desc: str = "sample", check_samples: int = 0) -> dict:
+    """n exact samples of the run's trained `flow` from generator seed `seed`, in batches of
+    runs.<run>.sampling.batch_size, with the run's chirality handling: the one code path of
+    the sample stage and of flowsci.api. Returns {'x', 'log_q', 'energies'} (torch, CPU,
+    finite rows only), 'n_failed', 'nfe', 'n_mirrored', 'seconds' (wall time of the solves)
+    and 'log_q_error' over the first `check_samples` samples ('log_q_error_n' of them),
+    measured on the flow's own density before any mirroring."""
+    sp = config["runs"][run]["sampling"]
+    gen = torch.Generator().manual_seed(int(seed))
+    t0 = time.perf_counter()
+    res = sample_exact(flow, target, n, sp["batch_size"], gen, progress=progress, desc=desc)
+    res["seconds"] = time.perf_counter() - t0  # wall time of the exact sampling itself
+    n_check = min(int(check_samples), len(res["x"]))
+    res["log_q_error"] = log_q_error(flow, res["x"][:n_check], res["log_q"][:n_check])
+    res["log_q_error_n"] = n_check
+    res["n_mirrored"] = _fix_chirality(config, run, flow, target, res)  # log q' = log q + log 2
+    return res
+
+
+def chirality_reference(config: dict, run: str, n_atoms: int
+                        ) -> tuple[tuple[int, int, int, int], int] | None:
+    """(atoms, sign) of runs.<run>.sampling.chirality: the chirality centre and the handedness
+    of the reference (training) data; None when the run does not fix chirality."""
+    spec = config["runs"][run]["sampling"].get("chirality")
+    if not spec:
+        return None
+    atoms = tuple(spec["atoms"])
+    if max(atoms) >= n_atoms:
+        raise ConfigError(f"runs.{run}.sampling.chirality.atoms {list(atoms)}: the system has "
+                          f"{n_atoms} atoms")
+    data = paths.data_file(config, config["runs"][run]["system"])
+    return atoms, reference_handedness(torch.as_tensor(read_array(data, "positions", "train")),
+                                       atoms)
+
+
 def _fix_chirality(config: dict, run: str, flow: Flow, target, res: dict) -> int:
     """With runs.<run>.sampling.chirality: mirror the wrong-handed samples of res in place
     (log q + log 2, energies recomputed); returns how many were mirrored (0 without)."""
-    spec = config["runs"][run]["sampling"].get("chirality")
-    if not spec or len(res["x"]) == 0:
+    if len(res["x"]) == 0:
         return 0
-    atoms = tuple(spec["atoms"])
-    if max(atoms) >= res["x"].shape[1]:
-        raise ConfigError(f"runs.{run}.sampling.chirality.atoms {list(atoms)}: the system has "
-                          f"{res['x'].shape[1]} atoms")
-    system = config["runs"][run]["system"]
-    data = paths.data_file(config, system)
-    sign = reference_handedness(torch.as_tensor(read_array(data, "positions", "train")), atoms)
+    chirality = chirality_reference(config, run, res["x"].shape[1])
+    if chirality is None:
+        return 0
+    atoms, sign = chirality
     check_reflection_symmetric(flow, res["x"][:4], res["log_q"][:4])
     x, log_q, mirrored = mirror_wrong_handed(res["x"], res["log_q"], atoms, sign)
     if mirrored.any():
