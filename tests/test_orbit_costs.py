@@ -11,8 +11,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from flowsci.flows.assignment import linear_assignment_batch
-from flowsci.flows.orbit_costs import (OrbitAligner, group_permutations, max_rotation_trace,
-                                       radial_lower_bound)
+from flowsci.flows.frames import frame_scores, principal_frames
+from flowsci.flows.orbit_costs import OrbitAligner, group_permutations, max_rotation_trace
 from flowsci.flows.symmetry import (apply_permutation, apply_rotation, kabsch,
                                     squared_distance)
 from flowsci.training.matching import ot_assignment
@@ -147,12 +147,19 @@ def test_exhaustive_float32_batch_is_invariant_and_recovers_copies():
 
 # -- large groups: lower bound and candidate pairs ---------------------------------------------
 
-def test_radial_lower_bound_never_exceeds_the_orbit_distance():
+def test_frame_scores_are_order_invariant_zero_for_copies_and_mask_improper_maps():
     groups = [(0, 1, 2), (3, 4)]
     x0, x1 = centred(6, 6, 3, seed=9), centred(5, 6, 3, seed=10)
-    bound = radial_lower_bound(x0, x1, groups)
-    assert (bound <= brute_force_costs(x0, x1, groups, reflections=True) + 1e-9).all()
-    assert radial_lower_bound(x0, random_copies(x0, groups, 11), groups).diagonal().max() < 1e-9
+    v0, v1 = principal_frames(x0), principal_frames(x1)
+    scores = frame_scores(x0, x1, v0, v1, groups)
+    assert scores.shape == (8, 6, 5)
+    assert (torch.isinf(scores).sum(0) == 4).all()  # half the sign patterns are improper
+    assert not torch.isinf(frame_scores(x0, x1, v0, v1, groups, reflections=True)).any()
+    shuffled = x0[:, [2, 0, 1, 4, 3, 5]]  # reorder within the groups: same scores
+    assert torch.allclose(frame_scores(shuffled, x1, v0, v1, groups), scores)
+    copies = random_copies(x0, groups, seed=11)
+    own = frame_scores(x0, copies, v0, principal_frames(copies), groups).amin(0).diagonal()
+    assert own.max() < 1e-9
 
 
 def test_candidates_recover_rotated_permuted_copies_of_lj13_like_batches():
@@ -170,7 +177,7 @@ def test_candidates_recover_rotated_permuted_copies_of_lj13_like_batches():
 def test_left_out_pairs_are_aligned_when_chosen():
     groups = [tuple(range(13))]
     x0, x1 = centred(16, 13, 3, seed=14), centred(16, 13, 3, seed=15)
-    aligner = OrbitAligner(groups, 13, candidates=1)
+    aligner = OrbitAligner(groups, 13, candidates=1)  # 1-2 partners per sample
     costs = aligner.costs(x0, x1)
     assert costs.left_out.any() and not costs.left_out.all()
     j = torch.roll(torch.arange(16), 1)  # a plan that uses left-out pairs

@@ -10,10 +10,12 @@ their partners. Searches (config `search`):
   `max_permutations`), each with its optimal rotation in closed form (`max_rotation_trace`):
   the exact orbit distance. DW4: 4! = 24 permutations; a molecule without permutation groups
   (alanine dipeptide): 1, so this is Kabsch for every pair.
-- `candidates`: for large groups (LJ13: 13!). A lower bound that is exact for rotated and
-  permuted copies (`radial_lower_bound`) ranks the pairs; the `candidates` lowest of every row
-  and column are aligned by the alternation of flows.symmetry.align (`starts`, `n_iter`), the
-  rest are left out of the OT (an OT plan that still picks one gets it aligned afterwards).
+- `candidates`: for large groups (LJ13: 13!). A score of the principal-axes frames' rotation
+  (flows/frames.py, no assignment solved; 0 for a rotated and permuted copy) ranks the pairs
+  and sign patterns; the `candidates` best partners of every row and column are aligned from
+  their `frame_starts` best frame rotations (assignment, then rotation, n_iter times; the
+  distance at the last permutation's optimal rotation in closed form); the other pairs are
+  left out of the OT (an OT plan that still picks one gets it aligned afterwards).
 - `all`: the alternation for every pair (Klein, Kraemer & Noe 2023 with starts 'identity',
   n_iter 1); B0 * B1 assignments per start and iteration.
 - `auto`: `exhaustive` when there are at most `max_permutations` permutations, else `candidates`.
@@ -27,8 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .symmetry import (STARTS, Groups, align, apply_permutation, apply_rotation, kabsch,
-                       squared_distance)
+from .frames import frame_scores, principal_frames, sign_patterns
+from .symmetry import (STARTS, Groups, align, align_permutation, apply_permutation,
+                       apply_rotation, kabsch, squared_distance)
 
 SEARCHES = ("auto", "exhaustive", "candidates", "all")
 
@@ -107,25 +110,6 @@ def _planar_partners(y: torch.Tensor, reflections: bool) -> torch.Tensor:
     return torch.cat(cols, 1)
 
 
-def radial_lower_bound(x0: torch.Tensor, x1: torch.Tensor, groups: Groups) -> torch.Tensor:
-    """Lower bound of the orbit distance for every pair: [B0, n, d], [B1, n, d] -> [B0, B1].
-
-    |R x_p(k) - y_k| >= | |x_p(k)| - |y_k| | for any orthogonal R, and sorted radii match best
-    within a group, so sum over groups of |sort r(x0) - sort r(x1)|^2 (fixed particles: their
-    own radii) never exceeds the orbit distance; it is 0 for a rotated and permuted copy.
-    """
-    r0, r1 = x0.norm(dim=-1), x1.norm(dim=-1)  # [B, n]
-    grouped = {i for g in groups for i in g}
-    fixed = [i for i in range(x0.shape[-2]) if i not in grouped]
-    bound = torch.zeros(x0.shape[0], x1.shape[0], dtype=x0.dtype, device=x0.device)
-    for g in groups:
-        idx = list(g)
-        bound = bound + torch.cdist(r0[:, idx].sort(-1).values, r1[:, idx].sort(-1).values) ** 2
-    if fixed:
-        bound = bound + torch.cdist(r0[:, fixed], r1[:, fixed]) ** 2
-    return bound
-
-
 @dataclass
 class OrbitCosts:
     """cost: [B0, B1] aligned squared distances (left-out pairs: a penalty above every aligned
@@ -141,22 +125,23 @@ class OrbitAligner:
     """Orbit distances of all pairs of two batches, and the alignment of chosen pairs.
 
     groups: permutation groups of identical particles; reflections: O(d) instead of SO(d);
-    search, max_permutations, candidates: see the module docstring; n_iter and starts: the
-    alternation's settings (flows.symmetry.align) for the `candidates` and `all` searches.
+    search, max_permutations, candidates, frame_starts: see the module docstring; n_iter: the
+    alternations (`candidates`, `all`); starts: the starting rotations of `all` and of pairs
+    left out by `candidates` (flows.symmetry.align).
     """
 
     def __init__(self, groups: Groups, n: int, reflections: bool = False, search: str = "auto",
-                 n_iter: int = 1, starts: str = "inertia", candidates: int = 4,
-                 max_permutations: int = 120):
+                 n_iter: int = 1, starts: str = "inertia", candidates: int = 16,
+                 frame_starts: int = 1, max_permutations: int = 120):
         if search not in SEARCHES:
             raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
         if starts not in STARTS:
             raise ValueError(f"starts must be one of {STARTS}, got {starts!r}")
-        if int(n_iter) < 1 or int(candidates) < 1 or int(max_permutations) < 1:
-            raise ValueError("n_iter, candidates and max_permutations must be >= 1")
+        if min(int(n_iter), int(candidates), int(frame_starts), int(max_permutations)) < 1:
+            raise ValueError("n_iter, candidates, frame_starts and max_permutations must be >= 1")
         self.groups = tuple(tuple(int(i) for i in g) for g in groups if len(g) > 1)
         self.reflections, self.n_iter, self.starts = bool(reflections), int(n_iter), starts
-        self.candidates = int(candidates)
+        self.candidates, self.frame_starts = int(candidates), int(frame_starts)
         perms = group_permutations(self.groups, n, int(max_permutations))
         if search == "exhaustive" and perms is None:
             raise ValueError(f"search 'exhaustive' needs at most max_permutations = "
@@ -225,20 +210,45 @@ class OrbitAligner:
 
     def _candidates(self, x0, x1) -> OrbitCosts:
         b0, b1, n = x0.shape[0], x1.shape[0], x0.shape[-2]
-        bound = radial_lower_bound(x0, x1, self.groups)
+        v0, v1 = principal_frames(x0), principal_frames(x1)
+        scores = frame_scores(x0, x1, v0, v1, self.groups, self.reflections)  # [S, B0, B1]
+        best = scores.amin(0)
         chosen = torch.zeros(b0, b1, dtype=torch.bool, device=x0.device)
-        chosen.scatter_(1, bound.topk(min(self.candidates, b1), 1, largest=False).indices, True)
-        chosen.scatter_(0, bound.topk(min(self.candidates, b0), 0, largest=False).indices, True)
+        chosen.scatter_(1, best.topk(min(self.candidates, b1), 1, largest=False).indices, True)
+        chosen.scatter_(0, best.topk(min(self.candidates, b0), 0, largest=False).indices, True)
         i, j = chosen.nonzero(as_tuple=True)
-        aligned, p, _ = align(x0[i], x1[j], self.groups, self.n_iter, self.reflections,
-                              starts=self.starts, return_transform=True)
-        dist = squared_distance(aligned, x1[j])
+        starts = scores[:, i, j].topk(min(self.frame_starts, scores.shape[0]), 0,
+                                      largest=False).indices  # [starts, E]
+        signs = sign_patterns(x0.shape[-1], x0.dtype, x0.device)
+        x, y = x0[i], x1[j]
+        dist, perm = None, None
+        for start in starts:
+            rot = (v1[j] * signs[start].unsqueeze(-2)) @ v0[i].transpose(-1, -2)  # x1 ~ rot x0
+            d_new, p_new = self._alternate(x, y, rot)
+            if dist is None:
+                dist, perm = d_new, p_new
+            else:
+                better = d_new < dist
+                dist, perm = torch.where(better, d_new, dist), torch.where(better[:, None],
+                                                                            p_new, perm)
         # left-out pairs cost more than any aligned pair: OT uses them only when it must
         cost = torch.full((b0, b1), float(dist.max()) * 10 + 1, dtype=x0.dtype, device=x0.device)
-        cost[i, j] = dist
-        perm = torch.arange(n, device=x0.device).expand(b0, b1, n).clone()
-        perm[i, j] = p
-        return OrbitCosts(cost, perm, ~chosen)
+        cost[i, j] = dist.to(x0.dtype)
+        full = torch.arange(n, device=x0.device).expand(b0, b1, n).clone()
+        full[i, j] = perm
+        return OrbitCosts(cost, full, ~chosen)
+
+    def _alternate(self, x: torch.Tensor, y: torch.Tensor, rot: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """From rotation rot [E, d, d]: n_iter times the best permutation, then (closed form)
+        the distance at the best rotation for it -> (dist [E] float64, perm [E, n])."""
+        for it in range(self.n_iter):
+            if it:
+                rot = kabsch(apply_permutation(x, perm), y, self.reflections)
+            perm = align_permutation(apply_rotation(x, rot), y, self.groups)
+        xp, yd = apply_permutation(x, perm).double(), y.double()
+        trace = max_rotation_trace(xp.transpose(-1, -2) @ yd, self.reflections)
+        return ((xp ** 2).sum((-1, -2)) + (yd ** 2).sum((-1, -2)) - 2 * trace).clamp_min(0), perm
 
     def _all(self, x0, x1) -> OrbitCosts:
         b0, b1 = x0.shape[0], x1.shape[0]

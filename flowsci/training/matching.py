@@ -121,22 +121,24 @@ class EquivariantOTFlowMatching(FlowMatching):
     target.symmetry.permutations); OT on these costs picks the pairs and training uses the
     aligned x0. The search (flows.orbit_costs.OrbitAligner): 'auto' is exact for groups with
     at most max_permutations permutations (DW4; molecules without identical atoms) and
-    otherwise aligns the `candidates` most promising partners of each sample by the
-    alternation from the starting rotations `starts`, n_iter times; 'all' aligns every pair
-    (with starts='identity', n_iter=1: the paper's one-pass alignment).
+    otherwise aligns the `candidates` most promising partners of each sample, from their
+    `frame_starts` best principal-axes rotations, n_iter alternations; 'all' aligns every pair
+    from the starting rotations `starts` (with starts='identity', n_iter=1: the paper's
+    one-pass alignment).
     """
 
     name = "equivariant_ot_flow_matching"
 
     def __init__(self, target, sigma: float = 0.0, t_min: float = 0.0, t_max: float = 1.0,
                  n_iter: int = 1, reflections: bool = False, starts: str = "inertia",
-                 search: str = "auto", candidates: int = 4, max_permutations: int = 120):
+                 search: str = "auto", candidates: int = 16, frame_starts: int = 1,
+                 max_permutations: int = 120):
         super().__init__(target, sigma, t_min, t_max)
         if not self.particles:
             raise ValueError(f"{self.name} needs a particle target")
         self.aligner = OrbitAligner(target.symmetry.permutations, target.n_particles,
                                     reflections, search, n_iter, starts, candidates,
-                                    max_permutations)
+                                    frame_starts, max_permutations)
 
     def couple(self, x0, x1):
         costs = self.aligner.costs(x0, x1)
