@@ -129,3 +129,24 @@ def test_train_stage_keeps_an_early_stopped_model(tmp_path, caplog):
     assert "stopped early at step 2: best validation at step 1" in caplog.text
     sha = sha256_of(path)
     assert train(cfg, run, progress=False) == path and sha256_of(path) == sha
+
+
+def test_a_rollback_forgets_the_validations_of_the_rolled_back_steps(tmp_path):
+    """Steps 5-6 are validated, then three non-finite steps roll back to the checkpoint of step
+    4: early stopping must count as if steps 5-6 had never run (as a clean run does)."""
+    from flowsci.training.checkpoint import latest_checkpoint
+    from flowsci.training.guard import GuardSettings
+    from test_training_failures import Poisoned
+
+    stopping = {"metric": "val_nll", "patience": 100, "min_delta": 1e9}
+    settings = _settings(steps=8, val_every=1, checkpoint_every=4, early_stopping=stopping)
+    counts = {}
+    for name, bad in (("clean", lambda call: False), ("rolled", lambda call: 7 <= call <= 9)):
+        flow, obj, x = tiny_dw4(n=64)
+        out = train_flow(flow, Poisoned(obj, bad), x, settings, val_x=x[:8],
+                         out_dir=tmp_path / name, progress=False,
+                         guard=GuardSettings(max_bad_steps=3, max_rollbacks=2))
+        assert out["step"] == 8 and out["rollbacks"] == (name == "rolled")
+        state = torch.load(latest_checkpoint(tmp_path / name / "checkpoints"), weights_only=True)
+        counts[name] = state["early_stopping"]["bad"]
+    assert counts == {"clean": 7, "rolled": 7}  # 8 validations, the first the best

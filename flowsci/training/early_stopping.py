@@ -62,6 +62,10 @@ class EarlyStopping:
         return {"best": self.best, "best_step": self.best_step, "bad": self.bad,
                 "best_weights": self.best_weights or {}}
 
+    def initial_state(self) -> dict:
+        """The state before any validation."""
+        return {"best": math.inf, "best_step": 0, "bad": 0, "best_weights": {}}
+
     def load(self, state: dict | None) -> None:
         """Restore from a checkpoint's `early_stopping` entry (absent: start afresh)."""
         if not state:

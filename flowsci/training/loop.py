@@ -147,6 +147,10 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     gen = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     stopper = EarlyStopping.from_config(settings.early_stopping)
+
+    def stop_requested() -> bool:
+        return stopper is not None and stopper.should_stop
+
     step, elapsed = 0, 0.0
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out_dir / "checkpoints" if out_dir is not None else None
@@ -176,7 +180,7 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     bar = (Progress(settings.steps, desc, initial=step, unit="step", bar=progress,
                     mininterval=2.0, figures=figures) if where.is_main else _Quiet())
     with bar:
-        while step < last and not (stopper is not None and stopper.should_stop):
+        while step < last and not stop_requested():
             t0 = time.perf_counter()
             idx = torch.randint(0, len(train_x), (settings.batch_size,), generator=gen)
             batch = train_x[idx[rows].to(train_x.device)]
@@ -197,7 +201,8 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
                 opt.zero_grad(set_to_none=True)
                 if verdict == "rollback":
                     step = _rollback(guard_, good, step + 1, flow, opt, sched, ema, gen, log,
-                                     ckpt_dir if where.is_main else None, keep_elapsed=elapsed)
+                                     ckpt_dir if where.is_main else None, keep_elapsed=elapsed,
+                                     stopper=stopper)
                 continue
             opt.step()
             sched.step()
@@ -216,21 +221,20 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
             if row["val_nll"] != "":
                 figures["val_nll"] = row["val_nll"]
             bar.update(1, **figures)
-            stopping = stopper is not None and stopper.should_stop
-            if step % settings.checkpoint_every == 0 or step == last or stopping:
+            if step % settings.checkpoint_every == 0 or step == last or stop_requested():
                 candidate = snapshot()
                 if (bad := first_non_finite(candidate)) is not None:  # same on every rank
                     guard_.start_rollback(step, f"non-finite weights ({bad})")
                     step = _rollback(guard_, good, step, flow, opt, sched, ema, gen, log,
                                      ckpt_dir if where.is_main else None, keep_elapsed=elapsed,
-                                     started=True)
+                                     started=True, stopper=stopper)
                     continue
                 good = candidate
                 if ckpt_dir is not None and where.is_main:
                     write_state(ckpt_dir, good)
     log.close()
     distributed.barrier()  # no rank leaves while rank 0 still writes
-    stopped = stopper is not None and stopper.should_stop
+    stopped = stop_requested()
     weights = ema.weights()
     if stopper is not None and stopper.best_weights and (stopped or step >= settings.steps):
         weights = {k: v.to(weights[k].device) for k, v in stopper.best_weights.items()}
@@ -258,15 +262,19 @@ def _validate(row: dict, flow, objective, ema: EMA, val_x: torch.Tensor,
 
 
 def _rollback(guard: StepGuard, good: dict, step: int, flow, opt, sched, ema, gen, log: "_Log",
-              ckpt_dir: Path | None, keep_elapsed: float, started: bool = False) -> int:
+              ckpt_dir: Path | None, keep_elapsed: float, started: bool = False,
+              stopper: EarlyStopping | None = None) -> int:
     """Return to the state `good` with a lowered learning rate (TrainingDivergedError when
     the rollback budget is spent); step: the failing step (for messages). Rewrites the log
-    and, with ckpt_dir, the checkpoint (so that a resume keeps the new learning-rate factor).
-    Returns the step rolled back to."""
+    and, with ckpt_dir, the checkpoint (so that a resume keeps the new learning-rate factor);
+    early stopping forgets the validations of the rolled-back steps. Returns the step rolled
+    back to."""
     if not started:
         guard.start_rollback(step)
     # a copy: Optimizer.load_state_dict keeps the given tensors, which Adam updates in place
     restore_state(copy.deepcopy(good), flow, opt, sched, ema, gen)
+    if stopper is not None:
+        stopper.load(copy.deepcopy(good.get("early_stopping")) or stopper.initial_state())
     guard.rolled_back(step, good["step"], opt, sched)
     good["guard"] = guard.state()
     good["optimizer"] = copy.deepcopy(opt.state_dict())
