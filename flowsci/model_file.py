@@ -9,6 +9,7 @@ torch.load(weights_only=True), so a file can never run code), with a format vers
   target           JSON of systems.<system>.target at training time
   step, train_seconds, test_nll, dtype
   fingerprint      the training fingerprint (stages/train.py) it was trained under ('' if unknown)
+  stopped_early    training.early_stopping ended it before training.steps (step: where)
 `check_matches` refuses a model file made for another model, prior or target than the current
 config (sampling settings such as the ODE solver may differ: they are not part of the model).
 """
@@ -48,13 +49,14 @@ class ModelFile:
     test_nll: float
     dtype: str
     fingerprint: str = ""
+    stopped_early: bool = False
     version: int = MODEL_FILE_VERSION
 
     @classmethod
     def for_run(cls, config: dict, run: str, state_dict: dict[str, torch.Tensor],
                 raw_state_dict: dict[str, torch.Tensor] | None = None, step: int = 0,
                 train_seconds: float = float("nan"), test_nll: float = float("nan"),
-                fingerprint: str = "") -> "ModelFile":
+                fingerprint: str = "", stopped_early: bool = False) -> "ModelFile":
         """A model file for config's run (names, run config and target taken from `config`)."""
         spec = config["runs"][run]
         cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
@@ -63,7 +65,7 @@ class ModelFile:
                    target=canonical_json(config["systems"][spec["system"]]["target"]), step=int(step),
                    train_seconds=float(train_seconds), test_nll=float(test_nll),
                    dtype=spec.get("training", {}).get("dtype", "float32"),
-                   fingerprint=fingerprint)
+                   fingerprint=fingerprint, stopped_early=bool(stopped_early))
 
     def weights(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
         return self.state_dict if use_ema else self.raw_state_dict

@@ -37,7 +37,8 @@ TARGETS = {"dw4": lambda: build_target({"name": "dw4"}),
            "lj13": lambda: build_target({"name": "lj13"}),
            "two_types": TwoTypes}
 OPTIONS = {"default": {}, "pair_only": {"environment": False},
-           "cutoff": {"cutoff": 2.5, "hidden": 16, "n_layers": 3}}
+           "cutoff": {"cutoff": 2.5, "hidden": 16, "n_layers": 3},
+           "env_mlp": {"env_layers": 2, "env_hidden": 16, "env_dim": 8}}
 
 
 def make(target, dtype=D64, perturb: float = 0.3, seed: int = 0, **params) -> torch.nn.Module:
@@ -134,12 +135,13 @@ def test_divergence_under_no_grad_and_float32():
     assert torch.allclose(div32.double(), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["dw4", "two_types"])
-def test_gradients_of_the_divergence_match_autograd(name):
+@pytest.mark.parametrize("name,option", [("dw4", "cutoff4"), ("two_types", "default"),
+                                         ("two_types", "env_mlp")])
+def test_gradients_of_the_divergence_match_autograd(name, option):
     """Training through the divergence: d div / d theta and d div / d x (used by the adjoint)
     equal those of the autograd trace (second derivatives of the field)."""
     target = TARGETS[name]()
-    field = make(target, cutoff=4.0) if name == "dw4" else make(target)
+    field = make(target, **({"cutoff": 4.0} if option == "cutoff4" else OPTIONS[option]))
     x = sample_x(target, batch=3)
     t = torch.tensor(0.6, dtype=D64)
     params = [p for p in field.parameters()]

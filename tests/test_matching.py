@@ -113,7 +113,7 @@ def test_equivariant_ot_on_particles():
     cnf = CNF(field, prior_for(target))
     x = prior_for(target, 2.0).sample(32) + 1.0  # not centred: the objective centres it
     obj = OBJECTIVES.build("equivariant_ot_flow_matching", {"n_iter": 2}, target=target)
-    assert obj.groups == ((0, 1, 2, 3),)
+    assert obj.aligner.groups == ((0, 1, 2, 3),) and obj.aligner.search == "exhaustive"
     x0 = cnf.prior.sample(32)
     x0a, x1, extra = obj.couple(x0, x - x.mean(-2, keepdim=True))
     assert torch.allclose(x0a.mean(-2), torch.zeros(32, 2), atol=1e-5)

@@ -50,7 +50,9 @@ def test_cluster_resources_come_from_the_rules_and_config(tmp_path):
     cfg = json.loads(json.dumps(TINY))
     cfg["runs"]["tiny"]["training"]["steps"] = 6000
     cfg["runs"]["tiny"]["sampling"].update(n_samples=3000, n_shards=2)
-    r = _snakemake("-n", "--cores", "2", cwd=_workdir(tmp_path, cfg), timeout=300)
+    # 4 cores: the train rule takes half of them (train_threads), and SLURM's cpus_per_task
+    # follows the rule's threads
+    r = _snakemake("-n", "--cores", "4", cwd=_workdir(tmp_path, cfg), timeout=300)
     assert r.returncode == 0, r.stderr
     res = _dry_run_resources(r.stdout)
     # runtime (minutes) = 30 + work x seconds per unit / 60: 6000 steps x 2 s, 1500 x 0.5 s

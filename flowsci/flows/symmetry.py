@@ -17,7 +17,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
+
+from .assignment import linear_assignment_batch
 
 Groups = Sequence[Sequence[int]]
 
@@ -62,24 +63,23 @@ def align_permutation(x: torch.Tensor, y: torch.Tensor, groups: Groups | None = 
     """Permutation of x's particles within each group minimising |x[perm] - y|^2.
 
     x, y: [..., n, d] -> perm: [..., n] (long, on x's device). Particles outside every group
-    stay in place; groups=None means all particles are identical. One Hungarian solve per
-    batch element and group (scipy.optimize.linear_sum_assignment, on CPU).
+    stay in place; groups=None means all particles are identical. One batched assignment solve
+    per group (`flows.assignment.linear_assignment_batch`, compiled, on CPU).
     """
     n = x.shape[-2]
     groups = all_particles(n) if groups is None else groups
     batch = x.shape[:-2]
-    cost = torch.cdist(y.detach().reshape(-1, n, x.shape[-1]),
-                       x.detach().reshape(-1, n, x.shape[-1])) ** 2  # [M, n(y), n(x)]
-    cost = cost.cpu().double().numpy()
-    perm = np.tile(np.arange(n), (cost.shape[0], 1))
+    perm = np.tile(np.arange(n), (int(np.prod(batch, dtype=np.int64)), 1))
+    yf = y.detach().reshape(-1, n, x.shape[-1])
+    xf = x.detach().reshape(-1, n, x.shape[-1])
     for group in groups:
-        g = np.asarray(group, dtype=np.int64)
-        if len(g) < 2:
+        if len(group) < 2:
             continue
-        sub = cost[:, g[:, None], g[None, :]]  # [M, |g|, |g|]
-        for m in range(sub.shape[0]):
-            rows, cols = linear_sum_assignment(sub[m])
-            perm[m, g[rows]] = g[cols]
+        g = torch.as_tensor(group, dtype=torch.long, device=x.device)
+        cost = torch.cdist(yf[:, g].double(), xf[:, g].double()) ** 2  # [M, |g|(y), |g|(x)]
+        cols = linear_assignment_batch(cost.cpu().numpy())
+        ga = np.asarray(group, dtype=np.int64)
+        perm[:, ga] = ga[cols]
     return torch.as_tensor(perm, device=x.device).reshape(*batch, n)
 
 

@@ -6,17 +6,20 @@ environment densities h_i, differentiated exactly):
 
     f_i  = (1/nu) sum_{j != i} (x_i - x_j) phi_ij,       phi_ij = w(r_ij) psi(a_ij)
     a_ij = W_in [e(r_ij), h_i + h_j, m_i * m_j, tau(t), onehot({z_i, z_j})]
-    h_i  = (1/nu_h) sum_{k != i} e(r_ik) (x) onehot(z_k),     m_i = W_m h_i + b[z_i]
+    h_i  = (1/nu_h) sum_{k != i} e(r_ik) (x) onehot(z_k),     m_i = M(h_i, tau(t), z_i)
 
 r = sqrt(|x_i - x_j|^2 + eps) (the same r in forward and divergence), e: K Gaussian radial
 functions on [0, r_max], tau: Fourier time features, z: particle types, psi: SiLU MLP R^H -> R,
-w: optional C-inf cutoff envelope (1 without cutoff). a_ij = a_ji, so phi is symmetric,
+w: optional C-inf cutoff envelope (1 without cutoff), M: the environment embedding, linear
+(W_m h_i + b[z_i], env_layers = 0) or a SiLU MLP of h_i, tau(t) and z_i (env_layers >= 1: a
+per-particle nonlinear, time-dependent reading of the environment; its tangents below are
+JVPs through M, one per ordered pair). a_ij = a_ji, so phi is symmetric,
 sum_i f_i = 0 identically (mean-free) and f is E(n)- and permutation-equivariant.
 
 Exact divergence. phi_p (p = {i, j}) depends on x only through distances, so
     div = (1/nu) sum_p [2 d phi_p + (d_ij . grad_{x_i} + d_ji . grad_{x_j}) phi_p],
 and the bracket is ONE forward-mode tangent (JVP) through psi along
-    da_p = W_in,x [2 e'(r) q, g_ij + g_ji, (W_m g_ij) * m_j + m_i * (W_m g_ji)],
+    da_p = W_in,x [2 e'(r) q, g_ij + g_ji, (J_M(h_i) g_ij) * m_j + m_i * (J_M(h_j) g_ji)],
 with q = |d_ij|^2 / r and g_ij = (d_ij . grad_{x_i} + d_ji . grad_{x_j}) h_i
     = (1/nu_h) [sum_k e'(r_ik)/r_ik (d_ik . d_ij) (x) onehot(z_k) + e'(r_ij) q (x) onehot(z_j)]
 (plus 2 w'(r) q psi with a cutoff). No approximation anywhere. It is closed form (no autograd
@@ -36,6 +39,16 @@ from torch.nn import functional as F
 from ..geometry import remove_mean
 from .base import VECTOR_FIELDS, VectorField, broadcast_time
 from .embeddings import FourierTime
+
+
+def _silu_tangent(t: torch.Tensor, a: torch.Tensor, g: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """t * silu'(a), the tangent through a SiLU at pre-activation a (g = silu(a) if known)."""
+    if torch.is_grad_enabled() and (a.requires_grad or t.requires_grad):
+        s = torch.sigmoid(a)  # differentiable silu' = s + g (1 - s) (training)
+        g = a * s if g is None else g
+        return t * torch.addcmul(s, g, 1.0 - s)
+    return torch.ops.aten.silu_backward(t, a)  # one fused pass (not twice differentiable)
 
 
 def envelope_and_grad(r: torch.Tensor, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +88,8 @@ class PairKernelField(VectorField):
 
     hidden: width H of the pair MLP psi; n_layers: its hidden layers; n_rbf, r_max: radial
     basis; environment: many-body environment densities h_i (False: pure pair kernel);
-    env_dim: width of m_i; cutoff: smooth envelope radius (None: all pairs);
+    env_dim: width of m_i; env_layers: hidden layers of the embedding M (0: linear);
+    env_hidden: their width; cutoff: smooth envelope radius (None: all pairs);
     aggregation_norm: nu (default n - 1); env_norm: nu_h (default min(n - 1, 12));
     eps: r = sqrt(|d|^2 + eps).
     """
@@ -84,7 +98,8 @@ class PairKernelField(VectorField):
 
     def __init__(self, target, hidden: int = 64, n_layers: int = 2, n_rbf: int = 20,
                  r_max: float = 8.0, n_time_freq: int = 4, environment: bool = True,
-                 env_dim: int = 16, n_types: int | None = None, cutoff: float | None = None,
+                 env_dim: int = 16, env_layers: int = 0, env_hidden: int = 64,
+                 n_types: int | None = None, cutoff: float | None = None,
                  aggregation_norm: float | None = None, env_norm: float | None = None,
                  eps: float = 1e-6):
         super().__init__()
@@ -92,6 +107,8 @@ class PairKernelField(VectorField):
             raise ValueError("pair_kernel needs a particle target")
         if n_layers < 1 or hidden < 1 or env_dim < 1 or eps <= 0:
             raise ValueError("pair_kernel: need n_layers, hidden, env_dim >= 1 and eps > 0")
+        if env_layers < 0 or env_hidden < 1:
+            raise ValueError("pair_kernel: need env_layers >= 0 and env_hidden >= 1")
         if cutoff is not None and cutoff <= 0:
             raise ValueError("pair_kernel: cutoff must be positive")
         n = target.n_particles
@@ -117,8 +134,15 @@ class PairKernelField(VectorField):
                              persistent=False)
         k = n_types * n_rbf
         if self.environment:
-            self.w_m = nn.Linear(k, env_dim, bias=False)
             self.m_type = nn.Parameter(torch.ones(n_types, env_dim))
+            if env_layers == 0:
+                self.w_m = nn.Linear(k, env_dim, bias=False)
+            else:  # M: [h, tau(t), onehot(z)] -> SiLU hidden layers -> env_dim
+                self.env_in = nn.Linear(k, env_hidden, bias=False)
+                self.env_cond = nn.Linear(self.time.dim + n_types, env_hidden)
+                self.env_layers = nn.ModuleList(nn.Linear(env_hidden, env_hidden)
+                                                for _ in range(env_layers - 1))
+                self.env_out = nn.Linear(env_hidden, env_dim, bias=False)
         # first layer on [e(r_ij), (h_i + h_j, m_i * m_j), tau(t), type pair]: the first
         # n_var columns depend on x; the type-pair columns act as a (per type pair) bias
         self.n_var = n_rbf + (k + env_dim if self.environment else 0)
@@ -137,6 +161,30 @@ class PairKernelField(VectorField):
         oh = self.onehot.to(v.dtype)[idx][None, :, :, None]  # [1, P, T, 1]
         return (v.unsqueeze(-2) * oh).flatten(-2)
 
+    def _embed(self, h: torch.Tensor, tt: torch.Tensor
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """m = M(h, tau, z) [B, n, M] and M's pre-activations (for its tangents)."""
+        if not hasattr(self, "env_in"):
+            return self.w_m(h) + self.m_type[self.types], []
+        cond = torch.cat([tt.unsqueeze(1).expand(-1, self.n, -1),
+                          self.onehot.to(h.dtype).expand(h.shape[0], -1, -1)], -1)
+        pres = [self.env_in(h) + self.env_cond(cond)]
+        for lin in self.env_layers:
+            pres.append(lin(F.silu(pres[-1])))
+        return self.env_out(F.silu(pres[-1])) + self.m_type[self.types], pres
+
+    def _embed_tangent(self, pres: list[torch.Tensor], idx: torch.Tensor, g: torch.Tensor
+                       ) -> torch.Tensor:
+        """J_M(h_idx[p]) g[:, p] for every pair p: g [B, P, TK] -> [B, P, M]."""
+        if not pres:
+            return self.w_m(g)
+        t = F.linear(g, self.env_in.weight)
+        for k, a in enumerate(pres):
+            if k:
+                t = F.linear(t, self.env_layers[k - 1].weight)
+            t = _silu_tangent(t, a[:, idx])
+        return F.linear(t, self.env_out.weight)
+
     def _psi(self, a: torch.Tensor, da: torch.Tensor | None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """psi(a) [B, P] and, given a tangent da [B, P, H], the JVP J_psi(a) da [B, P]."""
@@ -146,13 +194,8 @@ class PairKernelField(VectorField):
                 lin = self.layers[k - 1]
                 a, t = lin(g), (None if t is None else F.linear(t, lin.weight))
             g = F.silu(a)
-            if t is None:
-                continue
-            if torch.is_grad_enabled() and (a.requires_grad or t.requires_grad):
-                s = torch.sigmoid(a)  # differentiable silu' = s + g (1 - s) (training)
-                t = t * torch.addcmul(s, g, 1.0 - s)
-            else:  # one fused pass t * silu'(a) (not twice differentiable, so no-grad only)
-                t = torch.ops.aten.silu_backward(t, a)
+            if t is not None:
+                t = _silu_tangent(t, a, g)
         psi = self.out(g).squeeze(-1)
         return psi, None if t is None else F.linear(t, self.out.weight).squeeze(-1)
 
@@ -169,15 +212,15 @@ class PairKernelField(VectorField):
         sqp = (dp * dp).sum(-1)
         rp = torch.sqrt(sqp + self.eps)
         e, de = self.basis(rp)  # [B, P, K]
+        tt = self.time(broadcast_time(t, B, x))  # [B, n_time]
         feats = [e]
         if self.environment:
             eI, eJ = self._typed(e, I), self._typed(e, J)
             h = torch.zeros(B, n, eI.shape[-1], dtype=x.dtype, device=x.device)
             h = h.index_add(1, I, eJ).index_add(1, J, eI) / self.env_norm  # [B, n, TK]
-            m = self.w_m(h) + self.m_type[self.types]  # [B, n, M]
+            m, pres = self._embed(h, tt)  # [B, n, M]
             mi, mj = m[:, I], m[:, J]
             feats += [h[:, I] + h[:, J], mi * mj]
-        tt = self.time(broadcast_time(t, B, x))  # [B, n_time]
         P = I.shape[0]
         feats += [tt.unsqueeze(1).expand(B, P, -1),
                   self.pair_code.to(x.dtype).unsqueeze(0).expand(B, P, -1)]
@@ -197,7 +240,8 @@ class PairKernelField(VectorField):
                 bq = de * qp.unsqueeze(-1)
                 gf = (alpha[:, ij] + self._typed(bq, J)) / self.env_norm  # g_ij [B, P, TK]
                 gb = (alpha[:, ji] + self._typed(bq, I)) / self.env_norm  # g_ji
-                dm = torch.addcmul(self.w_m(gf) * mj, mi, self.w_m(gb))
+                dm = torch.addcmul(self._embed_tangent(pres, I, gf) * mj, mi,
+                                   self._embed_tangent(pres, J, gb))
                 dfeats += [gf + gb, dm]
             da = F.linear(torch.cat(dfeats, -1), self.w_in.weight[:, : self.n_var])
         psi, dpsi = self._psi(a, da)

@@ -43,7 +43,8 @@ def load_split(config: dict, system: str, split: str) -> torch.Tensor:
 
 
 # Settings that may change between chunks of one training without invalidating it.
-RESUMABLE_KEYS = ("steps", "val_every", "val_samples", "test_samples", "checkpoint_every")
+RESUMABLE_KEYS = ("steps", "val_every", "val_samples", "test_samples", "checkpoint_every",
+                  "early_stopping")
 
 
 def training_fingerprint(config: dict, run: str) -> str:
@@ -73,7 +74,8 @@ def _finished_model(config: dict, run: str) -> Path | None:
         fingerprint = training_fingerprint(config, run)  # needs the data (and init_from) files
     except (DataError, OSError):
         return None
-    if model.step != config["runs"][run]["training"]["steps"] or model.fingerprint != fingerprint:
+    done = model.stopped_early or model.step == config["runs"][run]["training"]["steps"]
+    if not done or model.fingerprint != fingerprint:
         return None
     log.info("%s already holds this training (step %d); skipping", path, model.step)
     return path
@@ -155,9 +157,13 @@ def _train(config: dict, run: str, progress: bool, dev: torch.device,
         test_nll = validation_nll(flow, test_x)
         model = ModelFile.for_run(config, run, flow.state_dict(), raw_state,  # EMA, last weights
                                   step=result["step"], train_seconds=result["elapsed"],
-                                  test_nll=test_nll, fingerprint=fingerprint)
+                                  test_nll=test_nll, fingerprint=fingerprint,
+                                  stopped_early=result["stopped_early"])
         path = save_model_file(path, model)
-        log.info("saved %s (test NLL %.4f, %.1f s%s)", path, test_nll, result["elapsed"],
-                 f", {result['skipped_steps']} skipped steps" if result["skipped_steps"] else "")
+        stop = (f", stopped early at step {result['step']}: best validation at step "
+                f"{result['best_step']}" if result["stopped_early"] else "")
+        log.info("saved %s (test NLL %.4f, %.1f s%s%s)", path, test_nll, result["elapsed"],
+                 f", {result['skipped_steps']} skipped steps" if result["skipped_steps"] else "",
+                 stop)
     distributed.barrier()  # model.pt exists before any rank returns
     return path

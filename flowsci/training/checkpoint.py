@@ -2,7 +2,7 @@
 
 A checkpoint holds the plain (never DDP-wrapped) module state, optimizer, scheduler, EMA, the
 shared data RNG and the global torch RNG, the step, the fingerprint and the failure guard's
-state (`guard`: learning-rate factor and rollbacks so far). Non-finite weights are never
+state (`guard`: learning-rate factor and rollbacks so far) and, with early stopping, its state. Non-finite weights are never
 written (`save_checkpoint` raises) and never resumed (`load_checkpoint` refuses the file).
 `capture_state` / `restore_state` are the same state in memory (the guard's rollback copy).
 """
@@ -24,8 +24,10 @@ _NAME = re.compile(r"ckpt-(\d+)\.pt$")
 
 
 def capture_state(step: int, elapsed: float, model, opt, sched, ema, gen: torch.Generator,
-                  fingerprint: str = "", guard: dict | None = None, copy_: bool = False) -> dict:
-    """The checkpoint dict (tensors shared with the live objects unless copy_=True)."""
+                  fingerprint: str = "", guard: dict | None = None, copy_: bool = False,
+                  early_stopping: dict | None = None) -> dict:
+    """The checkpoint dict (tensors shared with the live objects unless copy_=True);
+    early_stopping: training/early_stopping.py's state, when the run uses it."""
     state = {
         "step": step, "elapsed": elapsed, "fingerprint": fingerprint,
         "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -34,6 +36,8 @@ def capture_state(step: int, elapsed: float, model, opt, sched, ema, gen: torch.
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "guard": dict(guard or {}),
     }
+    if early_stopping is not None:
+        state["early_stopping"] = early_stopping
     return copy.deepcopy(state) if copy_ else state
 
 

@@ -19,6 +19,7 @@ from ..progress import Progress
 from . import distributed
 from .checkpoint import (capture_state, first_non_finite, latest_checkpoint, load_checkpoint,
                          restore_state, write_state)
+from .early_stopping import EarlyStopping, validation_loss
 from .ema import EMA
 from .guard import GuardSettings, StepGuard
 
@@ -41,6 +42,7 @@ class TrainSettings:
     val_samples: int = 256
     checkpoint_every: int = 100
     seed: int = 0
+    early_stopping: dict | None = None  # training/early_stopping.py (None: off)
 
     @classmethod
     def from_config(cls, section: dict) -> "TrainSettings":
@@ -144,6 +146,11 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     ema = EMA(flow, settings.ema_decay)
     gen = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
+    stopper = EarlyStopping.from_config(settings.early_stopping)
+
+    def stop_requested() -> bool:
+        return stopper is not None and stopper.should_stop
+
     step, elapsed = 0, 0.0
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out_dir / "checkpoints" if out_dir is not None else None
@@ -151,16 +158,21 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
         state = load_checkpoint(ckpt, flow, opt, sched, ema, gen, fingerprint)
         step, elapsed = state["step"], state["elapsed"]
         guard_.load(state.get("guard"))
+        if stopper is not None:
+            stopper.load(state.get("early_stopping"))
     model = _wrap(flow, objective, device)
     distributed.barrier()  # every rank has read the checkpoint before rank 0 writes one
 
     def snapshot() -> dict:
         return capture_state(step, elapsed, flow, opt, sched, ema, gen, fingerprint,
-                             guard_.state(), copy_=True)
+                             guard_.state(), copy_=True,
+                             early_stopping=stopper.state() if stopper else None)
 
     good = snapshot()  # the state a rollback returns to (the last checkpoint)
     main_dir = out_dir if where.is_main else None
     extra = list(getattr(objective, "log_stats", ()))  # the objective's own columns
+    if stopper is not None and stopper.metric == "val_loss":
+        extra.append("val_loss")
     log = _Log(main_dir / "train_log.csv" if main_dir else None, resume_step=step,
                fields=LOG_FIELDS + extra)
     last = min(stop_after if stop_after is not None else settings.steps, settings.steps)
@@ -168,7 +180,7 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     bar = (Progress(settings.steps, desc, initial=step, unit="step", bar=progress,
                     mininterval=2.0, figures=figures) if where.is_main else _Quiet())
     with bar:
-        while step < last:
+        while step < last and not stop_requested():
             t0 = time.perf_counter()
             idx = torch.randint(0, len(train_x), (settings.batch_size,), generator=gen)
             batch = train_x[idx[rows].to(train_x.device)]
@@ -189,7 +201,8 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
                 opt.zero_grad(set_to_none=True)
                 if verdict == "rollback":
                     step = _rollback(guard_, good, step + 1, flow, opt, sched, ema, gen, log,
-                                     ckpt_dir if where.is_main else None, keep_elapsed=elapsed)
+                                     ckpt_dir if where.is_main else None, keep_elapsed=elapsed,
+                                     stopper=stopper)
                 continue
             opt.step()
             sched.step()
@@ -199,44 +212,69 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
                    "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0, "val_nll": "",
                    **{k: stats.get(k, "") for k in extra}}
-            if (where.is_main and val_x is not None and len(val_x)
+            if (val_x is not None and len(val_x)
                     and (step % settings.val_every == 0 or step == settings.steps)):
-                with ema.applied(flow):
-                    row["val_nll"] = validation_nll(flow, val_x[:settings.val_samples])
+                _validate(row, flow, objective, ema, val_x[:settings.val_samples], stopper,
+                          step, where.is_main)
             log.write(row)
             figures = {"loss": row["loss"], "nfe": row["nfe"]}
             if row["val_nll"] != "":
                 figures["val_nll"] = row["val_nll"]
             bar.update(1, **figures)
-            if step % settings.checkpoint_every == 0 or step == last:
+            if step % settings.checkpoint_every == 0 or step == last or stop_requested():
                 candidate = snapshot()
                 if (bad := first_non_finite(candidate)) is not None:  # same on every rank
                     guard_.start_rollback(step, f"non-finite weights ({bad})")
                     step = _rollback(guard_, good, step, flow, opt, sched, ema, gen, log,
                                      ckpt_dir if where.is_main else None, keep_elapsed=elapsed,
-                                     started=True)
+                                     started=True, stopper=stopper)
                     continue
                 good = candidate
                 if ckpt_dir is not None and where.is_main:
                     write_state(ckpt_dir, good)
     log.close()
     distributed.barrier()  # no rank leaves while rank 0 still writes
-    return {"step": step, "elapsed": elapsed, "ema": ema.weights(),
-            "finished": step >= settings.steps, "skipped_steps": guard_.skipped,
+    stopped = stop_requested()
+    weights = ema.weights()
+    if stopper is not None and stopper.best_weights and (stopped or step >= settings.steps):
+        weights = {k: v.to(weights[k].device) for k, v in stopper.best_weights.items()}
+    return {"step": step, "elapsed": elapsed, "ema": weights,
+            "finished": step >= settings.steps or stopped, "stopped_early": stopped,
+            "best_step": stopper.best_step if stopper is not None else step,
+            "skipped_steps": guard_.skipped,
             "rollbacks": guard_.rollbacks, "lr_scale": guard_.lr_scale,
             "warnings": list(guard_.warnings)}
 
 
+def _validate(row: dict, flow, objective, ema: EMA, val_x: torch.Tensor,
+              stopper: EarlyStopping | None, step: int, is_main: bool) -> None:
+    """The validation of the EMA weights at `step` into the log row, and early stopping's
+    verdict. The NLL is rank 0's (as before); the stopping metric is computed on every rank
+    (same weights, same validation data, same seed), so all ranks stop at the same step."""
+    with ema.applied(flow):
+        if is_main or (stopper is not None and stopper.metric == "val_nll"):
+            row["val_nll"] = validation_nll(flow, val_x)
+        if stopper is None:
+            return
+        if stopper.metric == "val_loss":
+            row["val_loss"] = validation_loss(objective, flow, val_x)
+        stopper.observe(step, row[stopper.metric], ema.weights())
+
+
 def _rollback(guard: StepGuard, good: dict, step: int, flow, opt, sched, ema, gen, log: "_Log",
-              ckpt_dir: Path | None, keep_elapsed: float, started: bool = False) -> int:
+              ckpt_dir: Path | None, keep_elapsed: float, started: bool = False,
+              stopper: EarlyStopping | None = None) -> int:
     """Return to the state `good` with a lowered learning rate (TrainingDivergedError when
     the rollback budget is spent); step: the failing step (for messages). Rewrites the log
-    and, with ckpt_dir, the checkpoint (so that a resume keeps the new learning-rate factor).
-    Returns the step rolled back to."""
+    and, with ckpt_dir, the checkpoint (so that a resume keeps the new learning-rate factor);
+    early stopping forgets the validations of the rolled-back steps. Returns the step rolled
+    back to."""
     if not started:
         guard.start_rollback(step)
     # a copy: Optimizer.load_state_dict keeps the given tensors, which Adam updates in place
     restore_state(copy.deepcopy(good), flow, opt, sched, ema, gen)
+    if stopper is not None:
+        stopper.load(copy.deepcopy(good.get("early_stopping")) or stopper.initial_state())
     guard.rolled_back(step, good["step"], opt, sched)
     good["guard"] = guard.state()
     good["optimizer"] = copy.deepcopy(opt.state_dict())

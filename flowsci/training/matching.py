@@ -8,9 +8,9 @@ exact likelihoods afterwards. Couplings:
 
 - `flow_matching`: x0 independent of x1 (independent CFM).
 - `ot_flow_matching`: exact minibatch OT pairing with squared Euclidean cost (POT `ot.emd`).
-- `equivariant_ot_flow_matching`: each candidate pair is first aligned over rotations and
-  permutations of identical particles (`flowsci.flows.symmetry.align`); the OT cost is the
-  aligned distance and training uses the aligned x0 (Klein, Kraemer & Noe 2023).
+- `equivariant_ot_flow_matching`: the OT cost of a pair is its distance after aligning x0
+  over rotations and permutations of identical particles (`flowsci.flows.orbit_costs`), and
+  training uses the aligned x0 (Klein, Kraemer & Noe 2023).
 Under DDP (several processes) x0, t and the noise are drawn for the global batch and sliced,
 as in one process; the OT couplings are computed within each rank's slice of the batch.
 """
@@ -22,7 +22,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..geometry import remove_mean
-from ..flows.symmetry import apply_permutation, apply_rotation, pairwise_align
+from ..flows.orbit_costs import OrbitAligner
 from .distributed import global_rows
 from .objectives import OBJECTIVES
 
@@ -116,34 +116,36 @@ class OTFlowMatching(FlowMatching):
 class EquivariantOTFlowMatching(FlowMatching):
     """Equivariant OT-CFM (Klein et al. 2023) for particle targets.
 
-    For every pair (x0[i], x1[j]) x0[i] is aligned to x1[j] by permutations of identical
-    particles (groups from target.symmetry.permutations) and a rotation (proper unless
-    reflections=True), alternated n_iter times from the starting rotations `starts`
-    ('identity' as in the paper, 'kabsch' or 'inertia'; see flows.symmetry.align). OT on the
-    aligned squared distances picks the pairs and training uses the aligned x0.
-    Cost: B^2 * n_iter * (number of starts) Hungarian solves per step.
+    Every pair (x0[i], x1[j]) costs its orbit distance min_g |g x0[i] - x1[j]|^2 over rotations
+    (proper unless reflections=True) and permutations of identical particles (groups from
+    target.symmetry.permutations); OT on these costs picks the pairs and training uses the
+    aligned x0. The search (flows.orbit_costs.OrbitAligner): 'auto' is exact for groups with
+    at most max_permutations permutations (DW4; molecules without identical atoms) and
+    otherwise aligns the `candidates` most promising partners of each sample, from their
+    `frame_starts` best principal-axes rotations, n_iter alternations; 'all' aligns every pair
+    from the starting rotations `starts` (with starts='identity', n_iter=1: the paper's
+    one-pass alignment).
     """
 
     name = "equivariant_ot_flow_matching"
 
     def __init__(self, target, sigma: float = 0.0, t_min: float = 0.0, t_max: float = 1.0,
-                 n_iter: int = 1, reflections: bool = False, starts: str = "identity"):
+                 n_iter: int = 1, reflections: bool = False, starts: str = "inertia",
+                 search: str = "auto", candidates: int = 16, frame_starts: int = 1,
+                 max_permutations: int = 120):
         super().__init__(target, sigma, t_min, t_max)
         if not self.particles:
             raise ValueError(f"{self.name} needs a particle target")
-        self.groups = tuple(tuple(g) for g in target.symmetry.permutations)
-        self.n_iter = int(n_iter)
-        self.reflections = bool(reflections)
-        self.starts = str(starts)
+        self.aligner = OrbitAligner(target.symmetry.permutations, target.n_particles,
+                                    reflections, search, n_iter, starts, candidates,
+                                    frame_starts, max_permutations)
 
     def couple(self, x0, x1):
-        cost, perm, rot = pairwise_align(x0, x1, self.groups, self.n_iter, self.reflections,
-                                         self.starts)
-        j = ot_assignment(cost)
-        i = torch.arange(x0.shape[0], device=x0.device)
-        x0a = apply_rotation(apply_permutation(x0, perm[i, j]), rot[i, j])
+        costs = self.aligner.costs(x0, x1)
+        j = ot_assignment(costs.cost)
+        x0a, left_out = self.aligner.align_pairs(x0, x1, costs, j)
         naive = ((x0 - x1[j]) ** 2).flatten(1).sum(-1).mean().item()
-        return remove_mean(x0a), x1[j], {"unaligned_cost": naive}
+        return remove_mean(x0a), x1[j], {"unaligned_cost": naive, "left_out_pairs": left_out}
 
 
 OBJECTIVES.register("flow_matching")(FlowMatching)

@@ -121,6 +121,18 @@ def fixed_runtime(minutes):
     return lambda wildcards, attempt: attempt * minutes
 
 
+def train_threads():
+    """Torch threads of a train job: half the cores, 1 to 4. On 2 cores, two 1-thread trainings
+    side by side beat one 2-thread training at a time (2 threads speed one job up 1.0-1.3x:
+    docs/benchmarks.md, "Where a training step's time goes"). 4 where the total is unknown
+    (cluster executors without --cores); --set-threads train=N overrides."""
+    try:
+        cores = int(workflow.cores)
+    except Exception:  # noqa: BLE001 - Snakemake raises when no --cores was given
+        return 4
+    return max(1, min(4, cores // 2))
+
+
 def cpus_per_task(wildcards, threads):
     """SLURM CPUs of a job: its threads (so --set-threads RULE=N changes both)."""
     return threads

@@ -15,7 +15,7 @@ rule train:
     params:
         spec=run_section("model", "prior", "flow", "training"),
         args=flowsci_args("train"),
-    threads: 4
+    threads: train_threads()
     resources:
         gpu=1,
         runtime=train_runtime,
