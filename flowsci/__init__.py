@@ -1,3 +1,14 @@
-"""flowsci: Boltzmann generators with equivariant continuous normalizing flows."""
+"""flowsci: Boltzmann generators with equivariant continuous normalizing flows.
+
+From Python: `run = flowsci.load_run("config/config.yaml", run=...)` (flowsci.api), imported
+on first use so that `import flowsci` stays light."""
 
 __version__ = "0.1.0"
+__all__ = ["Run", "load_run"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'flowsci' has no attribute {name!r}")

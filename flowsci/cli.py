@@ -1,6 +1,6 @@
-"""`flowsci <stage>`: the five stages as commands, each calling the stage function of the
-same name in flowsci.stages with the same options; `flowsci status` summarises where every
-system and run of a config stands.
+"""`flowsci <stage>`: the five stages and `export` as commands, each calling the stage
+function of the same name in flowsci.stages with the same options; `flowsci status`
+summarises where every system and run of a config stands.
 
 Logging goes to stderr (a Snakemake rule redirects it to the rule's log). Without a terminal,
 or with --quiet, long loops write progress lines there (flowsci.progress) instead of bars."""
@@ -86,6 +86,19 @@ def _report(cfg: dict, a: argparse.Namespace) -> None:
             print(path)
 
 
+def _export(cfg: dict, a: argparse.Namespace) -> None:
+    from .stages.export import export
+
+    runs = _names(cfg, a, "runs", "run")
+    if len(runs) != 1:
+        raise ConfigError(f"export: name one run with --run (the config has: {', '.join(runs)})")
+    out = export(cfg, runs[0], a.format, a.output, resample=a.resample, source=a.source,
+                 seed=a.seed)
+    print(out["output"])
+    print(out["weights"])
+    print(f"{out['n_frames']} frames, {out['n_distinct']} distinct configurations")
+
+
 def _status(cfg: dict, a: argparse.Namespace) -> None:
     from .stages.status import format_table, status
 
@@ -98,6 +111,8 @@ STAGES: dict[str, tuple[Callable, str]] = {
     "sample": (_sample, "sample with exact log q into shards, then gather"),
     "reweight": (_reweight, "importance weights, ESS, observables with error bars"),
     "report": (_report, "figures, tables and summary.csv"),
+    "export": (_export, "samples (raw or resampled by weight) or reference data as "
+                        "DCD/XTC/PDB, extxyz or npy, with weights and log q beside (CSV)"),
 }
 
 
@@ -130,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sample":
             s.add_argument("--shard", type=int, default=None, help="only this shard")
             s.add_argument("--gather", action="store_true", help="only gather existing shards")
+        if name == "export":
+            from .stages.export import SOURCES, WRITERS
+            s.add_argument("--format", "-f", required=True, choices=list(WRITERS))
+            s.add_argument("--output", "-o", required=True, help="file to write")
+            how = s.add_mutually_exclusive_group()
+            how.add_argument("--resample", type=int, default=None, metavar="N",
+                             help="N frames drawn by systematic resampling of the weights")
+            how.add_argument("--raw", action="store_true",
+                             help="every stored configuration, weights beside (default)")
+            s.add_argument("--source", choices=list(SOURCES), default="samples")
+            s.add_argument("--seed", type=int, default=0, help="resampling seed")
         if name == "report":
             s.add_argument("--out", help="directory for summary.csv (default results_dir)")
             s.add_argument("--no-summary", action="store_true", help="only per-run outputs")

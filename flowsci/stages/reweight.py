@@ -91,9 +91,23 @@ def load_inputs(config: dict, run: str, samples: str | None = None,
             raise DataError(f"{path}: configurations of shape {tuple(arr.shape[1:])}, but target "
                             f"{target.name} (systems.{system}.target) has event shape "
                             f"{tuple(target.event_shape)}")
-    obs = observable_set(sys_spec["target"]["name"], target.kind, sys_spec.get("observables"),
-                         config_key=f"systems.{system}.observables")
-    return ReweightInputs(flow, samples_path, ref, data_path, obs)
+    return ReweightInputs(flow, samples_path, ref, data_path, run_observables(config, run, target))
+
+
+def run_observables(config: dict, run: str, target) -> ObservableSet:
+    """The observable set of the run's system (systems.<system>.observables)."""
+    system = config["runs"][run]["system"]
+    sys_spec = config["systems"][system]
+    return observable_set(sys_spec["target"]["name"], target.kind, sys_spec.get("observables"),
+                          config_key=f"systems.{system}.observables")
+
+
+def weight_diagnostics(log_w: np.ndarray) -> dict[str, float]:
+    """Kish ESS, Pareto k-hat, largest normalised weight and log Z-hat (log mean weight) of
+    unnormalised log-weights [N] (-inf for dropped samples): the figures metrics.json and
+    flowsci.api report."""
+    return {"ess": kish_ess(log_w), "pareto_k": pareto_khat(log_w),
+            "max_weight": float(top_weights(log_w, 1)[0]), "log_z": log_mean_weight(log_w)}
 
 
 def estimate_all(inputs: ReweightInputs, settings: dict) -> ReweightResults:
@@ -247,17 +261,17 @@ def _metrics(config: dict, run: str, flow: dict, res: ReweightResults, n_boot: i
     spec = config["runs"][run]
     attrs = flow["attrs"]
     lw, keep = res.log_w, res.keep
-    ess = kish_ess(lw)
+    diag = weight_diagnostics(lw)
+    ess = diag["ess"]
     rng = np.random.default_rng(seed)
     boots = [log_mean_weight(lw[rng.integers(0, len(lw), len(lw))]) for _ in range(n_boot)]
     train = training_summary(read_train_log(paths.train_log(config, run)))
     m: dict[str, Any] = {
         "run": run, "system": spec["system"], "model": spec["model"]["name"],
         "objective": spec["training"]["objective"]["name"],
-        **sample_counts(attrs, keep, ess), "ess": ess,
-        "pareto_k": pareto_khat(lw), "max_weight": float(top_weights(lw, 1)[0]),
+        **sample_counts(attrs, keep, ess), **diag,
         "top_weights": top_weights(lw, 10).tolist(),
-        "log_z": log_mean_weight(lw), "log_z_err": float(np.std(boots, ddof=1)) if n_boot > 1 else None,
+        "log_z_err": float(np.std(boots, ddof=1)) if n_boot > 1 else None,
         "test_nll": _num(attrs.get("test_nll")), **train,
         # wall time of the optimisation itself, recorded by the train stage (survives resumes)
         **({"training_time_s": _num(attrs["train_seconds"])} if "train_seconds" in attrs else {}),
