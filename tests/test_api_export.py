@@ -34,7 +34,7 @@ SYSTEMS = {
     "phi4": {"target": {"name": "phi4", "params": {"shape": [4, 4], "m2": -4.0, "lam": 8.0}},
              "data": {"source": "generate", "generator": {"name": "hmc", "params": {
                  "n_samples": 60, "n_chains": 6, "burn_in": 20, "thin": 1}}}},
-    "ala2": {"target": {"name": "ala2"},
+    "ala2": {"target": {"name": "ala2"}, "temperature": 300.0,
              "data": {"source": "generate", "generator": {"name": "openmm_md", "params": {
                  "n_samples": 30, "burn_in": 100, "thin": 10}}}},
 }
@@ -54,7 +54,7 @@ def make_config(results: Path, runs=RUNS) -> dict:
                      "training": {"objective": {"name": o}, **TRAIN},
                      "sampling": {"n_samples": 12, "n_shards": 2, "batch_size": 4,
                                   "check_samples": 0},
-                     "reweighting": {"n_bootstrap": 5, "mh_steps": 0}}
+                     "reweighting": {"n_bootstrap": 10, "mh_steps": 0}}
                  for r, (s, m, fl, o) in ((r, RUNS[r]) for r in runs)}})
 
 
