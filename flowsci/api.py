@@ -5,6 +5,7 @@
     x, log_q = run.sample(1000, seed=1)        # exact log q, as `flowsci sample` draws them
     w = run.reweight(x, log_q)                 # {'weights', 'ess', 'k_hat', ...}
     run.log_prob(x); run.energy(x); run.samples(); run.reweighted(); run.observables
+    run.export("dcd", "traj.dcd", resample=1000)   # `flowsci export`
 
 Everything goes through the stage functions (flowsci.stages.sample / reweight): the same model
 check, solver, batching and chirality handling, so the API and the pipeline cannot disagree.
@@ -193,6 +194,22 @@ class Run:
         out = read_reweight(path)
         out["metrics"] = read_metrics(self.files["metrics"])
         return out
+
+    def export(self, fmt: str, output: str | os.PathLike, resample: int | None = None,
+               source: str = "samples", seed: int = 0) -> dict[str, Any]:
+        """`flowsci export`: the stored samples (all, or `resample` frames drawn by their
+        importance weights) or the reference data as fmt = dcd | xtc | pdb (molecules, with
+        the topology), extxyz (particles) or npy, weights and log q in <stem>.weights.csv.
+        Returns {'output', 'weights', 'n_frames', 'n_distinct'}."""
+        from .stages.export import export
+        return export(self.config, self.name, fmt, output, resample=resample, source=source,
+                      seed=seed)
+
+    @property
+    def has_topology(self) -> bool:
+        """Whether the system is a molecule with a topology (DCD/XTC/PDB export)."""
+        from .stages.export import has_topology
+        return has_topology(self.config, self.system, self.target)
 
     def _chirality_ref(self, n_atoms: int):
         if not self._chirality_read:

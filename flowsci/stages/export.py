@@ -160,6 +160,12 @@ def mdtraj_topology(config: dict, system: str, target):
                       "DCD/XTC/PDB; use --format extxyz or npy")
 
 
+def has_topology(config: dict, system: str, target) -> bool:
+    """Whether mdtraj_topology has a topology for the system (a molecule)."""
+    inp = config["systems"][system].get("data", {}).get("input") or {}
+    return getattr(target, "topology", None) is not None or bool(inp.get("topology"))
+
+
 def _box_nm(target) -> np.ndarray | None:
     """[3, 3] periodic box vectors (nm) of an OpenMM target's System, or None."""
     system = getattr(target, "system", None)
