@@ -17,6 +17,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/reweight.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 # Cheap jobs run on the submitting host, never through a cluster queue.

@@ -95,7 +95,7 @@ print("scalars of the observable set:", list(run.observables.scalars(x, w["energ
 # `run.export` is `flowsci export`: the stored samples of the sample stage, here resampled by
 # their importance weights into an unweighted set (systematic resampling), as DCD with a PDB
 # topology for molecules or extxyz for other particle systems. The weights and log q of every
-# frame go beside it in a CSV file.
+# frame go beside it in <output>.weights.csv.
 
 # %%
 if run.target.kind == "lattice":

@@ -199,7 +199,7 @@ class Run:
                source: str = "samples", seed: int = 0) -> dict[str, Any]:
         """`flowsci export`: the stored samples (all, or `resample` frames drawn by their
         importance weights) or the reference data as fmt = dcd | xtc | pdb (molecules, with
-        the topology), extxyz (particles) or npy, weights and log q in <stem>.weights.csv.
+        the topology), extxyz (particles) or npy, weights and log q in <output>.weights.csv.
         Returns {'output', 'weights', 'n_frames', 'n_distinct'}."""
         from .stages.export import export
         return export(self.config, self.name, fmt, output, resample=resample, source=source,

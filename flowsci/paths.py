@@ -22,6 +22,8 @@ TEMPLATES = {
     "table_html": "{results}/{system}/{run}/table.html",
     "table_csv": "{results}/{system}/{run}/table.csv",
     "summary": "{results}/summary.csv",
+    # on demand (`snakemake <path>`, not part of `all`): flowsci export, resampled by weight
+    "export": "{results}/{system}/{run}/export/resampled.{format}",
     # the Snakemake rules' logs (stderr of each stage command: its log and progress lines)
     "log_preprocess": "{results}/{system}/logs/preprocess.log",
     "log_train": "{results}/{system}/{run}/logs/train.log",
@@ -30,6 +32,7 @@ TEMPLATES = {
     "log_reweight": "{results}/{system}/{run}/logs/reweight.log",
     "log_report": "{results}/{system}/{run}/logs/report.log",
     "log_summary": "{results}/logs/report_summary.log",
+    "log_export": "{results}/{system}/{run}/logs/export-{format}.log",
 }
 LOG_STAGES = ("preprocess", "train", "sample", "gather", "reweight", "report", "summary")
 

@@ -177,7 +177,7 @@ def test_export_resampled_frames_are_stored_configurations(trained, tmp_path, ca
     printed = capsys.readouterr().out
     run = flowsci.load_run(config_file, run="ala2_r")
     s = run.samples()
-    w = _csv(out.with_suffix(".weights.csv"))
+    w = _csv(Path(f"{out}.weights.csv"))
     idx = w["sample_index"].astype(int)
     assert len(idx) == 20 and f"{len(np.unique(idx))} distinct configurations" in printed
     np.testing.assert_array_equal(idx, systematic_resample(
@@ -313,3 +313,20 @@ def test_tutorial_runs_on_a_tiny_trained_run(trained, tmp_path, run_name, pair):
     else:
         import ase.io
         assert len(ase.io.read(str(out / "samples.extxyz"), index=":")) == 12
+
+
+# --- the on-demand Snakemake target ---------------------------------------------------------
+
+def test_snakemake_export_target_resolves(tmp_path):
+    """`snakemake results/{system}/{run}/export/resampled.{format}` plans the export after
+    the sample stage (dry run), and the default target does not include it."""
+    from test_workflow import TINY, _snakemake, _workdir
+
+    wd = _workdir(tmp_path, TINY)
+    target = "results/dw4/tiny/export/resampled.extxyz"
+    r = _snakemake("-n", "-p", "--cores", "1", target, cwd=wd)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "rule export:" in r.stdout and "sample_gather" in r.stdout
+    assert f"--format extxyz --output {target} --resample 200" in r.stdout
+    default = _snakemake("-n", "--cores", "1", cwd=wd)
+    assert "rule export:" not in default.stdout

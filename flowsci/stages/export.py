@@ -4,8 +4,8 @@ unweighted set) or its reference data, in the formats chemists' tools read.
 Molecules (targets with a topology: ala2, OpenMM/prmtop targets, MD-trajectory inputs): DCD,
 XTC or PDB through MDTraj, in nm, with the topology and the box where the system is periodic.
 Particle systems: extxyz through ASE (element symbols where known, 'X' otherwise; 2-D systems
-padded with z = 0). Lattice fields (and any system): .npy. Beside the file, <output stem>.
-weights.csv holds, per frame, the stored sample's index, its log q, reduced energy and
+padded with z = 0). Lattice fields (and any system): .npy. Beside the file,
+<output>.weights.csv holds, per frame, the stored sample's index, its log q, reduced energy and
 normalised log-weight, so no weight is silently dropped. Every frame is a stored
 configuration (up to the format's precision: float32 in DCD/XTC, 1e-4 nm in PDB).
 """
@@ -72,13 +72,18 @@ def export(config: dict, run: str, fmt: str, output: str | Path, resample: int |
         frames = resampled(frames, int(resample), seed)
     output = Path(output)
     writer.write(output, frames.x, config, system, target)
-    weights = write_weights_csv(output.with_suffix(".weights.csv"), frames)
+    weights = write_weights_csv(weights_file(output), frames)
     n_distinct = len(np.unique(frames.index))
     log.info("%s: %d frames (%s of %s), %d distinct configurations; weights and log q in %s",
              output, len(frames.x), "resampled" if resample is not None else "all", source,
              n_distinct, weights)
     return {"output": output, "weights": weights, "n_frames": len(frames.x),
             "n_distinct": n_distinct}
+
+
+def weights_file(output: str | Path) -> Path:
+    """The CSV of weights and log q beside an export: <output>.weights.csv."""
+    return Path(f"{output}.weights.csv")
 
 
 def read_frames(config: dict, run: str, target, source: str) -> Frames:
