@@ -3,7 +3,8 @@
 From Python: `run = flowsci.load_run("config/config.yaml", run=...)` (flowsci.api), imported
 on first use so that `import flowsci` stays light."""
 
-__version__ = "0.1.0"
+from .version import __version__
+
 __all__ = ["Run", "load_run"]
 
 

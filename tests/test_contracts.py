@@ -30,8 +30,10 @@ PKG = ROOT / "flowsci"
 D64 = torch.float64
 
 # Lower layers never import higher ones (same layer: allowed, e.g. data.generate -> data).
+# The package itself (flowsci/__init__.py) is the public facade on top: it re-exports
+# flowsci.api (lazily) and the version, so no module below imports it.
 LAYERS = [
-    {"errors", "io", "locks", "geometry", "autocorr", "progress", "__init__"},
+    {"errors", "io", "locks", "geometry", "autocorr", "progress", "version"},
     {"registry", "device", "paths", "config", "testing_base", "atom_selection"},
     {"systems"},
     {"data"},  # data generators and readers use targets; targets never read data files
@@ -42,6 +44,7 @@ LAYERS = [
     {"analysis"},
     {"stages"},
     {"cli", "testing", "api"},
+    {"__init__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import DataError
 from ..io import atomic_output
 
