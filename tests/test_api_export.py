@@ -217,6 +217,63 @@ def test_export_lattice_npy_and_refuses_dcd(trained, tmp_path, capsys):
     assert not bad.exists()
 
 
+def test_export_reference_of_an_ase_system_keeps_elements_and_angstrom(tmp_path, monkeypatch):
+    """--source reference needs no trained model: the Cu13 example's test split as extxyz,
+    element symbols from the target, positions in Angstrom as stored."""
+    import ase.io
+
+    from flowsci.config import load_config
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_config("config/examples/user_extxyz.yaml", [f"results_dir={tmp_path}"])
+    preprocess(cfg, "cu13", progress=False)
+    out = export(cfg, "cu13_egnn", "extxyz", tmp_path / "cu13.extxyz", source="reference")
+    run_ref = read_reference_x(cfg)
+    frames = ase.io.read(str(out["output"]), index=":")
+    assert len(frames) == len(run_ref) == out["n_frames"]
+    np.testing.assert_allclose(np.stack([a.positions for a in frames]), run_ref, atol=1e-7)
+    assert frames[0].get_chemical_symbols() == ["Cu"] * 13
+    w = _csv(out["weights"])
+    assert np.all(np.isnan(w["log_q"])) and np.allclose(np.exp(w["log_weight"]), 1 / len(w["frame"]))
+
+
+def read_reference_x(cfg: dict) -> np.ndarray:
+    from flowsci.stages.reweight import read_reference
+    from flowsci.systems import build_target
+    return read_reference(paths.data_file(cfg, "cu13"),
+                          build_target(cfg["systems"]["cu13"]["target"]))["x"]
+
+
+def test_export_md_input_of_a_periodic_system_keeps_topology_and_box(tmp_path):
+    """A solvated (periodic) OpenMM system read from a DCD + PDB topology: --source reference
+    exported as DCD opens in MDTraj with the same atoms, coordinates (nm) and box."""
+    pytest.importorskip("openmm")
+    md = pytest.importorskip("mdtraj")
+    from test_md_inputs import BOX, solvated, write_traj
+
+    import openmm
+    top_path, x0 = solvated(tmp_path, openmm)
+    x = x0 + np.random.default_rng(2).normal(scale=0.005, size=(5, *x0.shape))
+    traj_in = write_traj(tmp_path / "in.dcd", x, top=top_path)
+    cfg = validate_config({
+        "results_dir": str(tmp_path / "results"),
+        "systems": {"s": {"target": {"name": "openmm", "params": {
+            "pdb": top_path, "forcefield": ["amber99sbildn.xml", "tip3p.xml"],
+            "nonbonded_method": "CutoffPeriodic", "cutoff_nm": 0.9}}, "temperature": 300.0,
+            "data": {"source": "file", "input": {"path": str(traj_in), "topology": top_path},
+                     "splits": {"train": 0.6, "val": 0.2, "test": 0.2}}}},
+        "runs": {"r": {"system": "s", "model": {"name": "egnn"}}}})
+    preprocess(cfg, "s", progress=False)
+    out = export(cfg, "r", "dcd", tmp_path / "ref.dcd", source="reference")
+    from flowsci.stages.reweight import read_reference
+    from flowsci.systems import build_target
+    ref = read_reference(paths.data_file(cfg, "s"), build_target(cfg["systems"]["s"]["target"]))
+    t = md.load(str(out["output"]), top=top_path)
+    assert t.n_atoms == len(x0) and t.n_frames == len(ref["x"]) == out["n_frames"]
+    np.testing.assert_allclose(t.xyz, ref["x"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(t.unitcell_lengths, np.tile(BOX, (t.n_frames, 1)), atol=1e-5)
+
+
 # --- bad input: one clear error ----------------------------------------------------------------
 
 def test_bad_inputs_give_one_clear_error(trained, tmp_path):
