@@ -128,6 +128,41 @@ def test_api_log_prob_energy_reweight_match_stage_outputs(trained):
     assert set(run.files) >= {"model", "samples", "reweight"} and run.files["model"].is_file()
 
 
+def test_api_log_prob_has_the_sample_stage_chirality_handling(tmp_path):
+    """With sampling.chirality the API's samples are all of the reference's handedness, their
+    log q is the flow's + log 2 (reproduced by log_prob) and the mirror images get -inf."""
+    import torch
+
+    from flowsci.chirality import handedness
+
+    atoms = [0, 1, 2, 3]
+    cfg = validate_config({"results_dir": str(tmp_path), "device": "cpu", "systems": {"lj4": {
+        "target": {"name": "lj", "params": {"n_particles": 4, "dim": 3}},
+        "data": {"source": "generate", "generator": {"name": "mcmc", "params": {
+            "n_samples": 32, "n_chains": 8, "burn_in": 100, "thin": 2, "step_size": 0.05,
+            "drop_stuck_chains": True}}}}},
+        "runs": {"r": {"system": "lj4", "model": EGNN,
+                       "flow": {"method": "dopri5", "rtol": 1e-7, "atol": 1e-7},
+                       "training": {"objective": {"name": "flow_matching"}, **TRAIN},
+                       "sampling": {"n_samples": 8, "batch_size": 8, "check_samples": 0,
+                                    "chirality": {"atoms": atoms}}}}})
+    data = preprocess(cfg, "lj4", progress=False)
+    with h5py.File(data, "a") as f:  # one enantiomer as reference (the energy is invariant)
+        pos = f["positions"][()]
+        wrong = handedness(torch.as_tensor(pos), tuple(atoms)).numpy() < 0
+        f["positions"][wrong] = -pos[wrong]
+    train(cfg, "r", progress=False)
+    run = flowsci.load_run(cfg, run="r")
+    x, log_q = run.sample(8, seed=3)
+    sign = run._chirality_ref(4)[1]
+    assert np.all(handedness(torch.as_tensor(x), tuple(atoms)).numpy() == sign)
+    flow_lq = run.flow.double().log_prob(torch.as_tensor(x)).detach().numpy()
+    run.flow.float()
+    np.testing.assert_allclose(log_q, flow_lq + np.log(2), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(run.log_prob(x), log_q, rtol=0, atol=1e-3)
+    assert np.all(run.log_prob(-x) == -np.inf)
+
+
 def test_import_flowsci_is_light():
     code = "import sys, flowsci; assert 'torch' not in sys.modules; print(flowsci.load_run)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
