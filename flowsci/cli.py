@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--out", help="output path (default results/{system}/data.h5)")
             s.add_argument("--force", action="store_true",
                            help="overwrite an existing file holding a different dataset")
+        elif name == "export":
+            s.add_argument("--run", action="append", required=True, help="run name")
         else:
             s.add_argument("--run", action="append", help="run name (default: all runs)")
         if name in ("train", "sample"):

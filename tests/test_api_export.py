@@ -344,6 +344,34 @@ def test_bad_inputs_give_one_clear_error(trained, tmp_path):
         export(cfg, "dw4_r", "pdb", tmp_path / "x.pdb")
 
 
+@pytest.mark.parametrize("failing", ["trajectory", "weights"])
+def test_a_failed_export_leaves_the_previous_trajectory_and_weights_pair(trained, tmp_path,
+                                                                         monkeypatch, failing):
+    from flowsci.io import atomic_output
+    from flowsci.stages import export as export_stage
+
+    cfg = trained("dw4_r")
+    out = tmp_path / "x.extxyz"
+    export(cfg, "dw4_r", "extxyz", out)
+    before = {p.name: p.read_bytes() for p in (out, export_stage.weights_file(out))}
+
+    def broken(path, *args):  # a disk that fills up midway through the file
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text("half a file")
+            raise OSError(28, "No space left on device")
+
+    if failing == "trajectory":
+        good = export_stage.WRITERS["extxyz"]
+        monkeypatch.setitem(export_stage.WRITERS, "extxyz",
+                            export_stage.Writer(good.kinds, broken))
+    else:
+        monkeypatch.setattr(export_stage, "write_weights_csv", broken)
+    with pytest.raises(OSError):
+        export(cfg, "dw4_r", "extxyz", out, resample=5)
+    assert {p.name: p.read_bytes() for p in (out, export_stage.weights_file(out))} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temporary left
+
+
 # --- systematic resampling -------------------------------------------------------------------
 
 def test_systematic_resampling_is_unbiased_on_a_gaussian():

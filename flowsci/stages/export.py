@@ -71,8 +71,12 @@ def export(config: dict, run: str, fmt: str, output: str | Path, resample: int |
                               "(--source samples); reference data are already unweighted")
         frames = resampled(frames, int(resample), seed)
     output = Path(output)
-    writer.write(output, frames.x, config, system, target)
-    weights = write_weights_csv(weights_file(output), frames)
+    weights = weights_file(output)
+    # The CSV's temporary is renamed only after the trajectory is in place: a failed write
+    # leaves the old pair (or none), never a trajectory beside another export's weights.
+    with atomic_output(weights) as tmp_weights:
+        write_weights_csv(tmp_weights, frames)
+        writer.write(output, frames.x, config, system, target)
     n_distinct = len(np.unique(frames.index))
     log.info("%s: %d frames (%s of %s), %d distinct configurations; weights and log q in %s",
              output, len(frames.x), "resampled" if resample is not None else "all", source,
@@ -124,8 +128,9 @@ def resampled(frames: Frames, n: int, seed: int) -> Frames:
 
 
 def write_weights_csv(path: Path, frames: Frames) -> Path:
-    """frame, sample_index, log_q, energy (reduced), log_weight (normalised over the source)."""
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+    """frame, sample_index, log_q, energy (reduced), log_weight (normalised over the source).
+    Writes `path` directly: the caller makes it atomic."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["frame", "sample_index", "log_q", "energy", "log_weight"])
         for i in range(len(frames.x)):
