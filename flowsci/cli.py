@@ -32,6 +32,21 @@ def _names(cfg: dict, a: argparse.Namespace, section: str, option: str) -> list[
     return given
 
 
+def _is_allocation_failure(e: RuntimeError) -> bool:
+    text = str(e).lower()
+    return "can't allocate memory" in text or "out of memory" in text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be a step >= 1")
+    return value
+
+
 def _preprocess(cfg: dict, a: argparse.Namespace) -> None:
     from .stages.preprocess import preprocess
 
@@ -142,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "sample"):
             s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
         if name == "train":
-            s.add_argument("--stop-after", type=int, default=None,
+            s.add_argument("--stop-after", type=_positive_int, default=None,
                            help="stop after this global step (continue later from checkpoint)")
         if name == "sample":
             s.add_argument("--shard", type=int, default=None, help="only this shard")
@@ -160,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--seed", type=int, default=0, help="resampling seed")
         if name == "report":
             s.add_argument("--out", help="directory for summary.csv (default results_dir)")
-            s.add_argument("--no-summary", action="store_true", help="only per-run outputs")
-            s.add_argument("--summary-only", action="store_true", help="only summary.csv")
+            which = s.add_mutually_exclusive_group()
+            which.add_argument("--no-summary", action="store_true", help="only per-run outputs")
+            which.add_argument("--summary-only", action="store_true", help="only summary.csv")
     help_ = "table of every system and run: stage reached, last progress line, ETA"
     s = sub.add_parser("status", help=help_, description=help_)
     s.add_argument("--config", "-c", default="config/config.yaml", help="YAML config file")
@@ -189,6 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     except FlowsciError as e:  # one line, whatever the wrapped library's message looked like
         print(f"flowsci {args.stage}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and not _is_allocation_failure(e):
+            raise
+        print(f"flowsci {args.stage}: error: out of memory ({' '.join(str(e).split())[:160]}); "
+              "lower the sizes of this stage in the config (training.batch_size, "
+              "sampling.batch_size, reweighting.n_bins, n_samples, val_samples)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # outputs are atomic and work is checkpointed: say so, briefly
+        print(f"flowsci {args.stage}: interrupted; finished outputs and checkpoints are kept, "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
     except OSError as e:  # the file system refused: name the file, not a traceback
         where = f"{e.filename}: " if e.filename else ""
         print(f"flowsci {args.stage}: error: {where}{e.strerror or e}", file=sys.stderr)

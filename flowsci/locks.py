@@ -15,17 +15,19 @@ owns them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import BusyError
+from .errors import BusyError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def exclusive_lock(lock_path: str | os.PathLike, what: str) -> Iterator[Path]:
     it. `what` names the work in the message (e.g. "training of run 'egnn_mle'")."""
     path = Path(lock_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -55,6 +57,22 @@ def exclusive_lock(lock_path: str | os.PathLike, what: str) -> Iterator[Path]:
         os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (create) a lock file that is a regular file and not a symlink: a link planted at
+    a lock path must never let the lock truncate what it points to."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"{path}: lock file is a symbolic link; remove it (its target is "
+                            "left untouched)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(f"{path}: lock file is not a regular file; remove it")
+    return fd
 
 
 def _holder(fd: int) -> tuple[int | None, str]:

@@ -41,6 +41,7 @@ def preprocess(config: dict, system: str, out: str | None = None, force: bool = 
     if out.is_dir():
         raise DataError(f"{out}: is a directory; the output must be a file path such as "
                         f"{out / 'data.h5'}")
+    check_owned_output(config, system, out)
     data = spec["data"]
     if data["source"] == "generate" and data["generator"]["name"] not in GENERATORS:
         raise ConfigError(f"systems.{system}.data.generator.name: unknown generator "
@@ -84,6 +85,24 @@ def preprocess(config: dict, system: str, out: str | None = None, force: bool = 
     if data["source"] == "generate":
         _checkpoint_path(out).unlink(missing_ok=True)
     return out
+
+
+def check_owned_output(config: dict, system: str, out: Path) -> None:
+    """`out` (even with --force) is never an input of a system of the config, nor a file
+    under results_dir that another stage owns: there only the systems' data.h5 paths."""
+    target = out.resolve()
+    for name, spec in config["systems"].items():
+        inp = spec["data"].get("input") or {}
+        for key in ("path", "topology"):
+            if inp.get(key) and Path(inp[key]).resolve() == target:
+                raise DataError(f"{out}: is systems.{name}.data.input.{key}, an input; "
+                                "preprocess never overwrites an input (choose another --out)")
+    results = Path(config["results_dir"]).resolve()
+    owned = {paths.data_file(config, name).resolve() for name in config["systems"]}
+    if target.is_relative_to(results) and target not in owned:
+        raise DataError(f"{out}: lies in results_dir ({config['results_dir']}) but is not a "
+                        "system's data.h5; the other files there belong to other stages "
+                        "(choose --out outside results_dir or the default)")
 
 
 def _fingerprint(system: str, spec: dict, source_sha: str | None) -> str:
