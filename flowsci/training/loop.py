@@ -154,7 +154,7 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     step, elapsed = 0, 0.0
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out_dir / "checkpoints" if out_dir is not None else None
-    if ckpt_dir is not None and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+    if ckpt_dir is not None and (ckpt := latest_checkpoint(ckpt_dir, settings.steps)) is not None:
         state = load_checkpoint(ckpt, flow, opt, sched, ema, gen, fingerprint)
         step, elapsed = state["step"], state["elapsed"]
         guard_.load(state.get("guard"))
