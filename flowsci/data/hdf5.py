@@ -9,12 +9,14 @@ Splits: group splits/ with int64 index arrays train, val, test.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
@@ -53,12 +55,77 @@ def provenance(kind: str, system: str, *, units: str, temperature: float | None,
     }
 
 
+@contextlib.contextmanager
+def create_h5(tmp: str | os.PathLike) -> Iterator[h5py.File]:
+    """A new HDF5 file at `tmp`, written through `_GuardedFile`; the first failed write
+    (disk full, `ulimit -f`: OSError ENOSPC/EFBIG) is raised once the file is closed."""
+    with open(tmp, "wb+") as raw:
+        guarded = _GuardedFile(raw)
+        try:
+            with h5py.File(guarded, "w") as f:
+                f._flowsci_guard = guarded  # lets long writers stop early (ChunkedWriter)
+                yield f
+        finally:
+            if guarded.error is not None:
+                raise guarded.error
+    if guarded.error is not None:
+        raise guarded.error
+
+
+class _GuardedFile:
+    """File object for h5py that never hands HDF5 a write error. With HDF5's own driver, or a
+    plain Python file, a failed write surfaces while h5py closes the file and can crash the
+    process (segfault); here the first failure is recorded, the file's bytes so far move to
+    memory and writing goes on there, so HDF5 closes cleanly and create_h5 raises the error."""
+
+    def __init__(self, raw):
+        self.raw, self.error = raw, None
+
+    def _fail(self, e: OSError) -> None:
+        pos = self.raw.tell()
+        self.raw.seek(0)
+        self.error, self.raw = e, io.BytesIO(self.raw.read())
+        self.raw.seek(pos)
+
+    def write(self, data) -> int:
+        pos = self.raw.tell()
+        try:
+            n = self.raw.write(data)
+            self.raw.flush()  # a buffered write fails here, not later at close
+            return n
+        except OSError as e:
+            if self.error is not None:
+                raise
+            self._fail(e)
+            self.raw.seek(pos)
+            return self.raw.write(data)
+
+    def truncate(self, size=None):
+        try:
+            return self.raw.truncate(size)
+        except OSError as e:
+            if self.error is not None:
+                raise
+            self._fail(e)
+            return self.raw.truncate(size)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.raw.flush()
+            except OSError as e:
+                self._fail(e)
+
+    def __getattr__(self, name):  # seek, tell, read, readinto
+        return getattr(self.raw, name)
+
+
 def write_h5(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
              groups: dict[str, dict[str, np.ndarray]] | None = None,
              compression: str | None = "gzip") -> Path:
     """Write arrays (and groups of arrays) with root attrs, atomically."""
     with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with create_h5(tmp) as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
             for name, arr in arrays.items():
@@ -317,6 +384,9 @@ class ChunkedWriter:
                                   dtype=block.dtype, chunks=(rows_per_chunk, *row),
                                   compression=self.compression)
             self.rows[name] = 0
+        guard = getattr(self.f, "_flowsci_guard", None)
+        if guard is not None and guard.error is not None:
+            raise guard.error  # the disk is full: stop instead of writing the rest to memory
         ds = self.f[name]
         if block.shape[1:] != ds.shape[1:]:
             raise DataError(f"{self.f.filename}: block for {name!r} has row shape "

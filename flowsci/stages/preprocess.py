@@ -26,8 +26,8 @@ from .. import paths
 from ..data import lattice, md_trajectory, molecular
 from ..data.generate import GENERATORS
 from ..data.inputs import check_block, check_xyz_header, regular_file
-from ..data.hdf5 import (ChunkedWriter, atomic_output, h5_attr_value, make_splits, provenance,
-                         sha256_of, validate_h5)
+from ..data.hdf5 import (ChunkedWriter, atomic_output, create_h5, h5_attr_value, make_splits,
+                         provenance, sha256_of, validate_h5)
 from ..errors import ConfigError, DataError
 from ..progress import Progress
 from ..systems import build_target
@@ -61,7 +61,7 @@ def preprocess(config: dict, system: str, out: str | None = None, force: bool = 
     target = build_target(spec["target"], f"systems.{system}.target")
     _check_temperature(system, spec, target)
     with atomic_output(out) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with create_h5(tmp) as f:
             if data["source"] == "generate":
                 n, units, source = _write_generated(f, spec, target, out, progress)
             elif data["source"] == "file":

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..flows.base import Flow
+from ..io import DiskFullError, is_disk_full
 from ..progress import Progress
 from . import distributed
 from .checkpoint import (capture_state, first_non_finite, latest_checkpoint, load_checkpoint,
@@ -319,8 +320,11 @@ class _Log:
 
     def write(self, row: dict) -> None:
         if self.file is not None:
-            self.writer.writerow(row)
-            self.file.flush()
+            try:
+                self.writer.writerow(row)
+                self.file.flush()
+            except OSError as e:
+                raise (DiskFullError(self.path, e) if is_disk_full(e) else e) from None
 
     def close(self) -> None:
         if self.file is not None:
