@@ -406,3 +406,163 @@ def test_create_h5_raises_enospc_after_a_clean_close(tmp_path, monkeypatch):
             with hdf5.create_h5(tmp) as f:
                 f.create_dataset("a", data=np.arange(10000.0))
     assert e.value.filename == str(out) and not list(tmp_path.iterdir())
+
+
+# --- property-based fuzzing: a loaded structure is accepted or refused with a flowsci error ---
+
+import tempfile  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from flowsci.errors import FlowsciError  # noqa: E402
+
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+DTYPES = ["f8", "f4", "i8", "i2", "u1", "c16", "?", "S3"]
+
+
+def _array(dtype: str, shape: tuple[int, ...], fill: float) -> np.ndarray:
+    if dtype == "S3":
+        return np.full(shape, b"abc")
+    return (np.full(shape, fill) if np.dtype(dtype).kind in "fc" else np.ones(shape)).astype(dtype)
+
+
+shapes = st.lists(st.integers(0, 3), min_size=0, max_size=3).map(tuple)
+fills = st.sampled_from([0.5, -2.0, np.nan, np.inf, 1e300])
+member = st.tuples(st.sampled_from(DTYPES), shapes, fills, st.booleans())  # (.., as a group)
+attr_values = st.one_of(st.integers(-2, 3), st.sampled_from(["particles", "lattice", "samples",
+                                                             "x", ""]),
+                        st.floats(allow_nan=True), st.just(np.arange(3)))
+
+
+@FUZZ
+@given(kind=st.sampled_from(["particles", "lattice", "samples", "other"]),
+       version=st.sampled_from([1, 1, 1, 2, "1"]),
+       members=st.dictionaries(st.sampled_from(["positions", "fields", "x", "energies", "actions",
+                                                "atomic_numbers", "log_q", "cell", "pbc"]),
+                               member, max_size=5),
+       splits=st.one_of(st.none(), st.dictionaries(st.sampled_from(["train", "val", "test"]),
+                                                   member, max_size=3)),
+       extra_attrs=st.dictionaries(st.sampled_from(["kind", "system", "schema_version"]),
+                                   attr_values, max_size=2))
+def test_fuzz_hdf5_validator_and_reader(kind, version, members, splits, extra_attrs):
+    from flowsci.data.hdf5 import ROOT_ATTRS, read_splits, validate_h5
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data.h5"
+        with h5py.File(path, "w") as f:
+            for a in ROOT_ATTRS:
+                f.attrs[a] = "{}"
+            f.attrs.update({"schema_version": version, "kind": kind, "system": "s",
+                            "temperature": 1.0})
+            for k, v in extra_attrs.items():
+                f.attrs[k] = v
+            for name, (dtype, shape, fill, group) in members.items():
+                if group:
+                    f.create_group(name)
+                else:
+                    f[name] = _array(dtype, shape, fill)
+            if splits is not None:
+                g = f.create_group("splits")
+                for name, (dtype, shape, _, group) in splits.items():
+                    if group:
+                        g.create_group(name)
+                    else:
+                        g[name] = _array(dtype, shape, 0)
+        try:
+            attrs = validate_h5(path)
+        except FlowsciError:
+            return
+        assert attrs["kind"] in ("particles", "lattice", "samples")
+        main = {"particles": "positions", "lattice": "fields", "samples": "x"}[attrs["kind"]]
+        if splits is not None:
+            try:
+                out = read_splits(path, main, ("train", "val", "test"))
+            except FlowsciError:
+                return
+            assert sum(len(v) for v in out.values()) == h5py.File(path)[main].shape[0]
+
+
+def _model_entries():
+    tensors = st.dictionaries(st.sampled_from(["w", "b"]),
+                              st.sampled_from([torch.zeros(2), torch.ones(2, 2), 3, "x"]),
+                              max_size=2)
+    value = st.one_of(st.integers(-1, 3), st.floats(allow_nan=True), st.text(max_size=5),
+                      st.sampled_from(['{"a": 1}', "[1]", "{bad"]), st.booleans(), st.none(),
+                      st.lists(st.integers(), max_size=2), tensors, st.just(torch.zeros(3)))
+    keys = st.sampled_from(["state_dict", "raw_state_dict", "run", "system", "run_config",
+                            "target", "step", "train_seconds", "test_nll", "dtype",
+                            "fingerprint", "stopped_early", "version"])
+    return st.dictionaries(keys, value, max_size=6)
+
+
+@FUZZ
+@given(drop=st.lists(st.sampled_from(["state_dict", "run_config", "target", "step", "version"]),
+                     max_size=2), changes=_model_entries(),
+       top=st.sampled_from(["dict", "dict", "dict", "list", "tensor", "str"]))
+def test_fuzz_model_file_loader(drop, changes, top):
+    from flowsci.model_file import MODEL_FILE_VERSION, ModelFile, load_model_file
+
+    raw = {"state_dict": {"w": torch.zeros(2)}, "raw_state_dict": {"w": torch.zeros(2)},
+           "run": "r", "system": "s", "run_config": "{}", "target": "{}", "step": 2,
+           "train_seconds": 1.0, "test_nll": 0.5, "dtype": "float32", "fingerprint": "",
+           "stopped_early": False, "version": MODEL_FILE_VERSION}
+    for k in drop:
+        raw.pop(k, None)
+    raw.update(changes)
+    obj = {"dict": raw, "list": list(raw), "tensor": torch.zeros(2), "str": "model"}[top]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        torch.save(obj, path)
+        try:
+            model = load_model_file(path)
+        except FlowsciError as e:
+            assert str(path) in str(e)
+            return
+    assert isinstance(model, ModelFile) and isinstance(model.state_dict, dict)
+    assert all(torch.is_tensor(v) for v in model.state_dict.values())
+    assert isinstance(model.step, int) and isinstance(json.loads(model.run_config), dict)
+
+
+def _live():
+    from flowsci.training.ema import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return net, opt, sched, EMA(net, 0.9), torch.Generator().manual_seed(0)
+
+
+@FUZZ
+@given(drop=st.lists(st.sampled_from(["step", "model", "optimizer", "scheduler", "ema",
+                                      "rng_data", "rng_torch", "elapsed"]), max_size=2),
+       changes=st.dictionaries(
+           st.sampled_from(["step", "model", "optimizer", "scheduler", "ema", "rng_data",
+                            "rng_torch", "elapsed", "rng_cuda"]),
+           st.one_of(st.integers(-1, 3), st.text(max_size=3), st.none(),
+                     st.sampled_from([torch.zeros(3), torch.zeros(5, dtype=torch.uint8),
+                                      torch.zeros(2, 2, dtype=torch.uint8)]),
+                     st.just({"weight": torch.zeros(3, 3)}), st.just({"state": {}}),
+                     st.just({}), st.just([1, 2])), max_size=2),
+       top=st.sampled_from(["dict", "dict", "dict", "list", "int"]))
+def test_fuzz_checkpoint_loader(drop, changes, top):
+    from flowsci.training.checkpoint import capture_state, load_checkpoint
+
+    net, opt, sched, ema, gen = _live()
+    state = capture_state(2, 1.0, net, opt, sched, ema, gen, "fp", copy_=True)
+    for k in drop:
+        state.pop(k, None)
+    state.update(changes)
+    obj = {"dict": state, "list": [state], "int": 3}[top]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt-2.pt"
+        torch.save(obj, path)
+        net, opt, sched, ema, gen = _live()
+        try:
+            out = load_checkpoint(path, net, opt, sched, ema, gen, "fp")
+        except FlowsciError as e:
+            assert str(path) in str(e)
+            return
+    assert isinstance(out["step"], int)
