@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -28,9 +29,36 @@ def atomic_output(path: str | os.PathLike, keep_suffix: bool = False) -> Iterato
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        raise DiskFullError(path, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# What the writers say instead of an errno: h5py's HDF5 errors, torch.save's C++ iostreams.
+FULL_TEXT = ("File too large", "No space left", "Disk quota", "iostream error",
+             "PytorchStreamWriter failed writing", "file write failed",
+             "inline_container.cc")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether `e` is a write that failed for lack of space or a file-size limit."""
+    if isinstance(e, OSError) and e.errno in FULL_ERRNOS:
+        return True
+    return isinstance(e, (OSError, RuntimeError)) and any(t in str(e) for t in FULL_TEXT)
+
+
+class DiskFullError(OSError):
+    """A write of `path` failed: the disk (or quota, or `ulimit -f`) is full. Nothing was
+    written at `path` (the temporary file is removed)."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        super().__init__(errno.ENOSPC, "disk full / file too large writing it (no space left, "
+                         "a quota or a file-size limit); nothing was written", str(path))
 
 
 def _umask() -> int:

@@ -108,7 +108,34 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
     missing = sorted(required - set(raw))
     if missing:
         raise DataError(f"{path}: model file lacks {missing}")
+    for key, types in FIELD_TYPES.items():
+        if key in raw and (not isinstance(raw[key], types)
+                           or (isinstance(raw[key], bool) and bool not in types)):
+            raise DataError(f"{path}: model file entry {key!r} is a {type(raw[key]).__name__}, "
+                            f"expected {' or '.join(t.__name__ for t in types)}; retrain "
+                            "(delete the file)")
+    for key in ("state_dict", "raw_state_dict"):
+        if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in raw[key].items()):
+            raise DataError(f"{path}: model file {key!r} holds non-tensor weights; retrain "
+                            "(delete the file)")
+    for key in ("run_config", "target"):
+        try:
+            value = json.loads(raw[key])
+        except ValueError:
+            raise DataError(f"{path}: model file entry {key!r} is not valid JSON; retrain "
+                            "(delete the file)") from None
+        if not isinstance(value, dict):
+            raise DataError(f"{path}: model file entry {key!r} is not a JSON object; retrain "
+                            "(delete the file)")
     return ModelFile(**{k: raw[k] for k in names if k in raw})
+
+
+# The type each model-file entry must have (checked on load: a file is data, not trusted).
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "state_dict": (dict,), "raw_state_dict": (dict,), "run": (str,), "system": (str,),
+    "run_config": (str,), "target": (str,), "step": (int,), "train_seconds": (int, float),
+    "test_nll": (int, float), "dtype": (str,), "fingerprint": (str,), "stopped_early": (bool,),
+    "version": (int,)}
 
 
 def check_matches(model: ModelFile, path: str | os.PathLike, config: dict, run: str) -> None:

@@ -36,8 +36,9 @@ def read_train_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-    except (OSError, csv.Error) as e:
-        raise DataError(f"{path}: unreadable training log ({e})") from None
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable training log ({type(e).__name__}: "
+                        f"{str(e)[:160]}); not a CSV text file") from None
     if not rows:
         return {}
     cols: dict[str, np.ndarray] = {}
@@ -101,11 +102,22 @@ def read_reweight(path: str | os.PathLike) -> dict[str, Any]:
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: metrics missing (run `flowsci reweight` first)") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: metrics must be a JSON object (a mapping), found a "
+                        f"{type(metrics).__name__}; rerun `flowsci reweight`")
+    for key in ("observables", "free_energies", "mh"):
+        if metrics.get(key) is not None and not isinstance(metrics[key], dict):
+            raise DataError(f"{path}: metrics entry {key!r} must be a mapping; rerun "
+                            "`flowsci reweight`")
+    if not isinstance(metrics.get("warnings", []), list):
+        raise DataError(f"{path}: metrics entry 'warnings' must be a list; rerun "
+                        "`flowsci reweight`")
+    return metrics
 
 
 def fmt(value: Any, err: Any = None) -> str:

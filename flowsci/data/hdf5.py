@@ -9,12 +9,14 @@ Splits: group splits/ with int64 index arrays train, val, test.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
@@ -53,12 +55,77 @@ def provenance(kind: str, system: str, *, units: str, temperature: float | None,
     }
 
 
+@contextlib.contextmanager
+def create_h5(tmp: str | os.PathLike) -> Iterator[h5py.File]:
+    """A new HDF5 file at `tmp`, written through `_GuardedFile`; the first failed write
+    (disk full, `ulimit -f`: OSError ENOSPC/EFBIG) is raised once the file is closed."""
+    with open(tmp, "wb+") as raw:
+        guarded = _GuardedFile(raw)
+        try:
+            with h5py.File(guarded, "w") as f:
+                f._flowsci_guard = guarded  # lets long writers stop early (ChunkedWriter)
+                yield f
+        finally:
+            if guarded.error is not None:
+                raise guarded.error
+    if guarded.error is not None:
+        raise guarded.error
+
+
+class _GuardedFile:
+    """File object for h5py that never hands HDF5 a write error. With HDF5's own driver, or a
+    plain Python file, a failed write surfaces while h5py closes the file and can crash the
+    process (segfault); here the first failure is recorded, the file's bytes so far move to
+    memory and writing goes on there, so HDF5 closes cleanly and create_h5 raises the error."""
+
+    def __init__(self, raw):
+        self.raw, self.error = raw, None
+
+    def _fail(self, e: OSError) -> None:
+        pos = self.raw.tell()
+        self.raw.seek(0)
+        self.error, self.raw = e, io.BytesIO(self.raw.read())
+        self.raw.seek(pos)
+
+    def write(self, data) -> int:
+        pos = self.raw.tell()
+        try:
+            n = self.raw.write(data)
+            self.raw.flush()  # a buffered write fails here, not later at close
+            return n
+        except OSError as e:
+            if self.error is not None:
+                raise
+            self._fail(e)
+            self.raw.seek(pos)
+            return self.raw.write(data)
+
+    def truncate(self, size=None):
+        try:
+            return self.raw.truncate(size)
+        except OSError as e:
+            if self.error is not None:
+                raise
+            self._fail(e)
+            return self.raw.truncate(size)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.raw.flush()
+            except OSError as e:
+                self._fail(e)
+
+    def __getattr__(self, name):  # seek, tell, read, readinto
+        return getattr(self.raw, name)
+
+
 def write_h5(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
              groups: dict[str, dict[str, np.ndarray]] | None = None,
              compression: str | None = "gzip") -> Path:
     """Write arrays (and groups of arrays) with root attrs, atomically."""
     with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with create_h5(tmp) as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
             for name, arr in arrays.items():
@@ -103,55 +170,128 @@ def validate_h5(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file does not exist")
+    if not path.is_file():
+        raise DataError(f"{path}: is {'a directory' if path.is_dir() else 'not a regular file'}"
+                        ", not an HDF5 file")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
-        missing = [a for a in ROOT_ATTRS if a not in f.attrs]
-        if missing:
-            raise DataError(f"{path}: missing root attribute(s) {missing}")
-        attrs = {k: _py(v) for k, v in f.attrs.items()}
-        if attrs["schema_version"] != SCHEMA_VERSION:
-            raise DataError(f"{path}: schema_version {attrs['schema_version']!r}, this flowsci "
-                            f"reads version {SCHEMA_VERSION}; remake the file with this version")
-        kind = attrs["kind"]
-        if kind not in MAIN_ARRAY:
-            raise DataError(f"{path}: unknown kind {kind!r}")
-        main = MAIN_ARRAY[kind]
-        if main not in f:
-            raise DataError(f"{path}: kind {kind!r} requires dataset {main!r}")
-        n = f[main].shape[0]
-        if n == 0:
-            raise DataError(f"{path}: dataset {main!r} is empty")
-        for name, ds in f.items():
-            if isinstance(ds, h5py.Dataset) and ds.ndim >= 1 and name in PER_FRAME:
-                if ds.shape[0] != n:
-                    raise DataError(f"{path}: {name!r} has {ds.shape[0]} rows, {main!r} has {n}")
-        _check_finite(path, f[main], main)
-        if kind == "particles":
-            if f[main].ndim != 3:
-                raise DataError(f"{path}: positions must be [N, n_atoms, dim], got {f[main].shape}")
-            if "atomic_numbers" not in f or f["atomic_numbers"].shape != (f[main].shape[1],):
-                raise DataError(f"{path}: atomic_numbers must be [n_atoms={f[main].shape[1]}]")
-        if kind == "lattice" and "actions" not in f:
-            raise DataError(f"{path}: lattice files require 'actions'")
-        if "splits" in f:
-            _check_splits(path, f["splits"], n)
+    try:
+        with f:
+            return _validate_open(path, f)
+    except (OSError, RuntimeError, KeyError) as e:  # a damaged chunk or object header
+        raise DataError(f"{path}: unreadable HDF5 content ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:160]})") from None
+
+
+def _validate_open(path: Path, f: h5py.File) -> dict[str, Any]:
+    missing = [a for a in ROOT_ATTRS if a not in f.attrs]
+    if missing:
+        raise DataError(f"{path}: missing root attribute(s) {missing}")
+    attrs = {k: _py(v) for k, v in f.attrs.items()}
+    for key, types in (("schema_version", (int,)), ("kind", (str,)), ("system", (str,))):
+        if not isinstance(attrs[key], types) or isinstance(attrs[key], bool):
+            raise DataError(f"{path}: root attribute {key!r} must be a "
+                            f"{types[0].__name__}, found {type(attrs[key]).__name__}")
+    if attrs["schema_version"] != SCHEMA_VERSION:
+        raise DataError(f"{path}: schema_version {attrs['schema_version']!r}, this flowsci "
+                        f"reads version {SCHEMA_VERSION}; remake the file with this version")
+    kind = attrs["kind"]
+    if kind not in MAIN_ARRAY:
+        raise DataError(f"{path}: unknown kind {kind!r}")
+    main = MAIN_ARRAY[kind]
+    if main not in f:
+        raise DataError(f"{path}: kind {kind!r} requires dataset {main!r}")
+    for name, obj in f.items():
+        if name in PER_FRAME or name in ("atomic_numbers", "pbc"):
+            _check_dataset(path, obj, name, "float" if name in FLOAT_DATA else "number")
+    n = f[main].shape[0] if f[main].ndim else 0
+    if f[main].ndim == 0 or n == 0:
+        raise DataError(f"{path}: dataset {main!r} is empty")
+    for name, ds in f.items():
+        if isinstance(ds, h5py.Dataset) and name in PER_FRAME:
+            if ds.ndim == 0 or ds.shape[0] != n:
+                raise DataError(f"{path}: {name!r} has shape {ds.shape}, {main!r} has {n} rows")
+    _check_finite(path, f[main], main)
+    if kind in ("particles", "lattice"):  # reference energies feed the data observables
+        for name in ("energies", "actions"):
+            if name in f:
+                _check_finite(path, f[name], name)
+    if kind == "particles":
+        if f[main].ndim != 3:
+            raise DataError(f"{path}: positions must be [N, n_atoms, dim], got {f[main].shape}")
+        if "atomic_numbers" not in f or f["atomic_numbers"].shape != (f[main].shape[1],):
+            raise DataError(f"{path}: atomic_numbers must be [n_atoms={f[main].shape[1]}]")
+    if kind == "lattice" and "actions" not in f:
+        raise DataError(f"{path}: lattice files require 'actions'")
+    if "splits" in f:
+        if not isinstance(f["splits"], h5py.Group):
+            raise DataError(f"{path}: 'splits' must be a group of index arrays, "
+                            "found a dataset")
+        _check_splits(path, f["splits"], n)
     return attrs
 
 
 PER_FRAME = {"positions", "fields", "x", "energies", "forces", "actions", "log_q", "log_weights",
              "cell"}
+# Arrays that must be real floating point (integer or float is enough for the rest).
+FLOAT_DATA = PER_FRAME
+
+
+def _check_dataset(path: Path, obj: Any, name: str, kind: str) -> None:
+    """`obj` is a dataset of real numbers: kind 'float' (floating point) or 'number' (integer
+    or floating point); complex, boolean, string, compound and object data are refused."""
+    if not isinstance(obj, h5py.Dataset):
+        raise DataError(f"{path}: {name!r} must be a dataset, found a {type(obj).__name__.lower()}")
+    dt = obj.dtype
+    ok = (np.issubdtype(dt, np.floating) if kind == "float"
+          else np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer))
+    if name == "pbc" and dt == np.bool_:
+        ok = True
+    if not ok:
+        what = "real floating-point" if kind == "float" else "real numeric"
+        raise DataError(f"{path}: {name!r} has dtype {_dtype_name(dt)}, expected {what} data")
+
+
+def _dtype_name(dt: np.dtype) -> str:
+    if h5py.check_string_dtype(dt) is not None or dt.kind in "SUO":
+        return "string"
+    if dt.kind == "c":
+        return f"complex ({dt})"
+    if dt.kind == "b":
+        return "bool"
+    if dt.names:
+        return "compound"
+    return str(dt)
+
+
+# Coordinates and fields beyond this (in the file's units) are refused as out of range: no
+# molecular or lattice system has them, and their energies overflow float32 (training would
+# report a divergence instead of the broken input).
+MAX_ABS_VALUE = 1e6
+
+
+def out_of_range(block: np.ndarray, limit: float | None = MAX_ABS_VALUE) -> np.ndarray:
+    """[k] bool: frames of `block` [k, ...] with a NaN/inf entry or, if limit, |value| > limit."""
+    flat = np.asarray(block).reshape(len(block), -1)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(flat).all(axis=1)
+        if limit is not None:
+            bad |= (np.abs(np.nan_to_num(flat)) > limit).any(axis=1)
+    return bad
 
 
 def _check_finite(path: Path, ds: h5py.Dataset, name: str, rows: int = 65536) -> None:
+    limit = MAX_ABS_VALUE if name in ("positions", "fields") else None
     for start in range(0, ds.shape[0], rows):
         block = ds[start:start + rows]
-        bad = ~np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+        bad = out_of_range(block, limit)
         if bad.any():
             frame = start + int(np.argmax(bad))
-            raise DataError(f"{path}: {name!r} has NaN/Inf values (first at frame {frame})")
+            what = ("NaN/Inf values" if not np.isfinite(block[frame - start]).all() else
+                    f"values beyond +-{limit:g} (out of range)")
+            raise DataError(f"{path}: {name!r} has {what} (first at frame {frame})")
 
 
 def _check_splits(path: Path, g: h5py.Group, n: int) -> None:
@@ -159,7 +299,13 @@ def _check_splits(path: Path, g: h5py.Group, n: int) -> None:
     for k in ("train", "val", "test"):
         if k not in g:
             raise DataError(f"{path}: splits/{k} is missing")
-        idx = g[k][()]
+        ds = g[k]
+        if not isinstance(ds, h5py.Dataset):
+            raise DataError(f"{path}: splits/{k} must be a dataset, found a group")
+        if ds.ndim != 1 or not np.issubdtype(ds.dtype, np.integer):
+            raise DataError(f"{path}: splits/{k} must be a 1-D integer index array, found shape "
+                            f"{ds.shape} of dtype {_dtype_name(ds.dtype)}")
+        idx = ds[()]
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise DataError(f"{path}: splits/{k} indexes outside [0, {n})")
         if seen[idx].any():
@@ -204,8 +350,16 @@ def read_splits(path: str | os.PathLike, name: str, splits: tuple[str, ...]
         missing = [s for s in splits if f"splits/{s}" not in f]
         if missing:
             raise DataError(f"{path}: no split {missing[0]!r}")
+        index = {s: _index(f, path, s) for s in splits}
         data = dataset[()]
-        return {s: data[f[f"splits/{s}"][()]] for s in splits}
+        return {s: data[idx] for s, idx in index.items()}
+
+
+def _index(f: h5py.File, path: str | os.PathLike, split: str) -> np.ndarray:
+    ds = f[f"splits/{split}"]
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or not np.issubdtype(ds.dtype, np.integer):
+        raise DataError(f"{path}: splits/{split} must be a 1-D integer index array")
+    return ds[()]
 
 
 class ChunkedWriter:
@@ -230,6 +384,9 @@ class ChunkedWriter:
                                   dtype=block.dtype, chunks=(rows_per_chunk, *row),
                                   compression=self.compression)
             self.rows[name] = 0
+        guard = getattr(self.f, "_flowsci_guard", None)
+        if guard is not None and guard.error is not None:
+            raise guard.error  # the disk is full: stop instead of writing the rest to memory
         ds = self.f[name]
         if block.shape[1:] != ds.shape[1:]:
             raise DataError(f"{self.f.filename}: block for {name!r} has row shape "

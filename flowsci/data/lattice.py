@@ -93,6 +93,12 @@ def stream_fields(path: str | os.PathLike, target, *, fmt: str | None = None,
             raise DataError(f"{path}: fields have shape {tuple(fields.shape)}, expected "
                             f"[N, {', '.join(map(str, shape))}] for target {target.name} "
                             "(lattice shape mismatch)")
+        for what, arr in (("fields", fields), ("actions", actions)):
+            dt = np.dtype(getattr(arr, "dtype", np.float64))
+            if arr is not None and not (np.issubdtype(dt, np.floating)
+                                        or np.issubdtype(dt, np.integer)):
+                raise DataError(f"{path}: {what} have dtype {dt}, expected real numbers (complex, "
+                                "boolean and string arrays are refused, not converted)")
         if actions is not None and actions.shape != (fields.shape[0],):
             raise DataError(f"{path}: actions have shape {actions.shape}, expected "
                             f"({fields.shape[0]},)")

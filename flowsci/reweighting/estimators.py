@@ -251,7 +251,10 @@ def estimate(features: Mapping[str, Feature], log_w: Array | None = None,
         r = np.array(reps[k]) if n_boot else np.empty((0, *v.shape))
         with warnings.catch_warnings():  # all-nan entries (e.g. undefined effective mass)
             warnings.simplefilter("ignore", RuntimeWarning)
-            err = np.nanstd(r, axis=0, ddof=1) if len(r) > 1 else np.full(v.shape, np.nan)
+            # one sample (or one with non-zero weight): every resample is that sample, so
+            # the spread is rounding noise (~1e-14), not an error bar; report none
+            enough = len(r) > 1 and np.count_nonzero(base) > 1
+            err = np.nanstd(r, axis=0, ddof=1) if enough else np.full(v.shape, np.nan)
         result[k] = Estimate(v, np.asarray(err), r)
     return result
 

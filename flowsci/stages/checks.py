@@ -73,3 +73,25 @@ def _json(path: Path, attrs: dict, key: str) -> dict:
         return json.loads(attrs.get(key) or "{}")
     except (TypeError, ValueError):
         raise DataError(f"{path}: root attribute {key!r} is not valid JSON") from None
+
+
+def check_sample_counts(path: str | Path, attrs: dict[str, Any], n_rows: int) -> None:
+    """A samples file's n_requested (an integer >= 1, at least the rows stored) and n_failed
+    (an integer in [0, n_requested]) attributes, when present; DataError naming the attribute."""
+    import numpy as np
+
+    counts = {}
+    for key in ("n_requested", "n_failed"):
+        if key not in attrs:
+            continue
+        v = attrs[key]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise DataError(f"{path}: attribute {key} = {v!r} is not an integer")
+        counts[key] = int(v)
+    req, failed = counts.get("n_requested"), counts.get("n_failed")
+    if req is not None and (req < 1 or req < n_rows):
+        raise DataError(f"{path}: attribute n_requested = {req}, but the file holds {n_rows} "
+                        "samples (must be >= 1 and at least that many)")
+    if failed is not None and (failed < 0 or (req is not None and failed > req)):
+        raise DataError(f"{path}: attribute n_failed = {failed} must be in [0, n_requested"
+                        f"{'' if req is None else f' = {req}'}]")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ import numpy as np
 from .. import paths
 from ..data import lattice, md_trajectory, molecular
 from ..data.generate import GENERATORS
-from ..data.hdf5 import (ChunkedWriter, atomic_output, h5_attr_value, make_splits, provenance,
-                         sha256_of, validate_h5)
+from ..data.inputs import check_block, check_xyz_header, regular_file
+from ..data.hdf5 import (ChunkedWriter, atomic_output, create_h5, h5_attr_value, make_splits,
+                         provenance, sha256_of, validate_h5)
 from ..errors import ConfigError, DataError
 from ..progress import Progress
 from ..systems import build_target
 
+log = logging.getLogger(__name__)
 
 def preprocess(config: dict, system: str, out: str | None = None, force: bool = False,
                progress: bool = True) -> Path:
@@ -48,16 +51,10 @@ def preprocess(config: dict, system: str, out: str | None = None, force: bool = 
                           f"{data['generator']['name']!r}; available: {', '.join(GENERATORS.names())}")
     source_sha = None
     if data["source"] == "file":
-        in_path = Path(data["input"]["path"])
-        if not in_path.is_file():
-            raise DataError(f"{in_path}: input file does not exist (systems.{system}.data.input"
-                            ".path)")
+        in_path = regular_file(data["input"]["path"], f"systems.{system}.data.input.path")
         source_sha = sha256_of(in_path, chunk=1 << 16)
         if data["input"].get("topology"):  # the topology is part of the input
-            top = Path(data["input"]["topology"])
-            if not top.is_file():
-                raise DataError(f"{top}: topology file does not exist (systems.{system}.data."
-                                "input.topology)")
+            top = regular_file(data["input"]["topology"], f"systems.{system}.data.input.topology")
             source_sha = f"{source_sha}+{sha256_of(top, chunk=1 << 16)}"
     fingerprint = _fingerprint(system, spec, source_sha)
     if out.exists() and not _may_write(out, fingerprint, force):
@@ -65,7 +62,7 @@ def preprocess(config: dict, system: str, out: str | None = None, force: bool = 
     target = build_target(spec["target"], f"systems.{system}.target")
     _check_temperature(system, spec, target)
     with atomic_output(out) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with create_h5(tmp) as f:
             if data["source"] == "generate":
                 n, units, source = _write_generated(f, spec, target, out, progress)
             elif data["source"] == "file":
@@ -80,8 +77,15 @@ def preprocess(config: dict, system: str, out: str | None = None, force: bool = 
                 f.attrs[k] = v
             sp = data["splits"]
             for k, idx in make_splits(n, sp, sp["method"], sp["seed"]).items():
+                if len(idx) == 0:  # train refuses such a file: say so now
+                    log.warning("%s: systems.%s.data.splits give an empty %s split (%d frames); "
+                                "`flowsci train` needs train, val and test frames", out,
+                                system, k, n)
                 f.create_dataset(f"splits/{k}", data=idx)
-        validate_h5(tmp)
+        try:
+            validate_h5(tmp)
+        except DataError as e:  # name the output, never the temporary file
+            raise DataError(str(e).replace(str(tmp), str(out))) from None
     if data["source"] == "generate":
         _checkpoint_path(out).unlink(missing_ok=True)
     return out
@@ -203,6 +207,8 @@ def _read_file(f: h5py.File, spec: dict, target, source_sha: str,
                               f"{sorted(unknown)}; accepted: fields_key, actions_key, action_rtol")
         for block in lattice.stream_fields(path, target, fmt=inp.get("format"), chunk_frames=chunk,
                                            info=info, **sel, **inp.get("params", {})):
+            check_block(path, block["fields"], (sel["start"] or 0) + bar.done * (sel["stride"] or 1),
+                        sel["stride"] or 1, "fields")
             for k, v in block.items():
                 w.append(k, v)
             bar.update(len(block["fields"]))
@@ -216,16 +222,19 @@ def _read_file(f: h5py.File, spec: dict, target, source_sha: str,
             raise ConfigError(f"data.input.{key} applies to MD trajectories read with a topology "
                               f"({', '.join(md_trajectory.FORMATS)}), not to {path.name}")
     meta = molecular.MolecularMeta(str(path), molecular.detect_format(path, inp.get("format")))
+    check_xyz_header(path, meta.format)
     n_expected = target.n_particles
-    for block in molecular.stream_frames(
+    for block in _quiet_overflow(molecular.stream_frames(
             path, meta, length_unit=getattr(target, "length_unit", "reduced"),
             temperature=spec.get("temperature"), units=inp.get("units"), **sel,
             remove_com=inp.get("remove_com", True), chunk_frames=chunk,
-            read_kwargs=inp.get("params")):
+            read_kwargs=inp.get("params"))):
         if block["positions"].shape[1:] != (n_expected, target.dim):
             raise DataError(f"{path}: frames have {block['positions'].shape[1]} atoms in "
                             f"{block['positions'].shape[2]}D, target {target.name} has "
                             f"{n_expected} in {target.dim}D")
+        check_block(path, block["positions"], (sel["start"] or 0) + bar.done * (sel["stride"] or 1),
+                    sel["stride"] or 1, "coordinates")
         for k, v in block.items():
             w.append(k, v)
         bar.update(len(block["positions"]))
@@ -278,3 +287,16 @@ def _check_elements(path: Path, numbers: np.ndarray, target) -> None:
         i = int(np.argmax(expected != numbers))
         raise DataError(f"{path}: atom {i} is element {numbers[i]}, target {target.name} "
                         f"expects {expected[i]} (same atoms in the same order needed)")
+
+
+def _quiet_overflow(blocks):
+    """Iterate `blocks` with numpy's overflow warnings off: huge input coordinates overflow
+    while being centred, and check_block then refuses them in one line."""
+    it = iter(blocks)
+    while True:
+        with np.errstate(over="ignore", invalid="ignore"):
+            try:
+                block = next(it)
+            except StopIteration:
+                return
+        yield block

@@ -27,7 +27,7 @@ from ..reweighting import (Estimate, IndependenceMH, block_length, estimate,
                            free_energy_differences, independence_mh, kish_ess, log_mean_weight,
                            log_weights, normalized_log_weights, pareto_khat, top_weights)
 from ..systems import build_target
-from .checks import check_data_file, check_samples_file
+from .checks import check_data_file, check_sample_counts, check_samples_file
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,11 @@ def estimate_all(inputs: ReweightInputs, settings: dict) -> ReweightResults:
     """Observables (and free energies of `settings['states']`) on the reference data, the raw
     flow samples and the reweighted flow samples, with bootstrap errors; the MH chain."""
     flow, ref, obs = inputs.samples, inputs.reference, inputs.observables
-    keep = np.isfinite(flow["energies"]) & np.isfinite(flow["log_q"])
+    keep = usable_samples(flow["x"], flow["energies"], flow["log_q"])
     x, u, log_q = flow["x"][keep], flow["energies"][keep], flow["log_q"][keep]
     if len(x) == 0:
-        raise DataError(f"{inputs.samples_path}: no sample has a finite energy and log_q")
+        raise DataError(f"{inputs.samples_path}: no sample has finite coordinates, energy, "
+                        "log_q and log weight")
     lw = log_weights(u, log_q)
     n_boot, seed = int(settings["n_bootstrap"]), int(settings["seed"])
     try:
@@ -147,6 +148,14 @@ def estimate_all(inputs: ReweightInputs, settings: dict) -> ReweightResults:
             mh = independence_mh(log_q, u, n_mh, seed=seed)
             bar.update(1, last="mh")
     return ReweightResults(keep, lw, u, sp, results, free, mh, blocks["data"])
+
+
+def usable_samples(x: np.ndarray, u: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """[N] bool: samples with finite coordinates x [N, ...], energy u [N], log q [N] and a
+    finite log weight -u - log q (finite u and log q can still overflow to -inf)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite_x = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        return finite_x & np.isfinite(u) & np.isfinite(log_q) & np.isfinite(-u - log_q)
 
 
 def write_outputs(config: dict, run: str, inputs: ReweightInputs, res: ReweightResults,
@@ -200,6 +209,8 @@ def read_samples(path: Path) -> dict[str, Any]:
             missing = [k for k in ("x", "log_q", "energies") if k not in f]
             if missing:
                 raise DataError(f"{path}: missing dataset(s) {missing}")
+            for k in ("x", "log_q", "energies"):
+                _real_float(path, f[k], k, min_ndim=2 if k == "x" else 1)
             out = {k: f[k][()] for k in ("x", "log_q", "energies")}
             out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     except OSError as e:
@@ -208,7 +219,17 @@ def read_samples(path: Path) -> dict[str, Any]:
     if n == 0 or len(out["log_q"]) != n or len(out["energies"]) != n:
         raise DataError(f"{path}: x, log_q, energies must have the same non-zero length "
                         f"({n}, {len(out['log_q'])}, {len(out['energies'])})")
+    check_sample_counts(path, out["attrs"], n)
     return out
+
+
+def _real_float(path: Path, ds, name: str, min_ndim: int) -> None:
+    if not isinstance(ds, h5py.Dataset):
+        raise DataError(f"{path}: {name!r} must be a dataset, found a group")
+    if ds.dtype.kind != "f" or ds.ndim < min_ndim or (name != "x" and ds.ndim != 1):
+        raise DataError(f"{path}: {name!r} must be real floating-point data of "
+                        f"{'[N, ...]' if name == 'x' else '[N]'}, found dtype {ds.dtype} "
+                        f"shape {ds.shape}")
 
 
 def read_reference(path: Path, target) -> dict[str, Any]:
@@ -271,7 +292,7 @@ def _metrics(config: dict, run: str, flow: dict, res: ReweightResults, n_boot: i
         "objective": spec["training"]["objective"]["name"],
         **sample_counts(attrs, keep, ess), **diag,
         "top_weights": top_weights(lw, 10).tolist(),
-        "log_z_err": float(np.std(boots, ddof=1)) if n_boot > 1 else None,
+        "log_z_err": float(np.std(boots, ddof=1)) if n_boot > 1 and len(lw) > 1 else None,
         "test_nll": _num(attrs.get("test_nll")), **train,
         # wall time of the optimisation itself, recorded by the train stage (survives resumes)
         **({"training_time_s": _num(attrs["train_seconds"])} if "train_seconds" in attrs else {}),
@@ -296,6 +317,8 @@ def _metrics(config: dict, run: str, flow: dict, res: ReweightResults, n_boot: i
 # A failure fraction above this is a warning in metrics.json and the report: failed solves
 # are dropped, which biases the estimates if failures depend on where the sample goes.
 FAILED_SAMPLES_WARN = 0.01
+# Fewer usable samples than this is a warning (metrics.json and the log).
+FEW_SAMPLES_WARN = 10
 
 
 def sample_counts(attrs: dict, keep: np.ndarray, ess: float) -> dict[str, Any]:
@@ -309,6 +332,10 @@ def sample_counts(attrs: dict, keep: np.ndarray, ess: float) -> dict[str, Any]:
            "n_nonfinite": n_nonfinite, "failed_fraction": lost,
            "ess_fraction": ess / n_requested if n_requested else float("nan"),
            "ess_fraction_survivors": ess / n_ok if n_ok else float("nan"), "warnings": []}
+    if n_ok < FEW_SAMPLES_WARN:
+        out["warnings"].append(
+            f"only {n_ok} usable flow sample(s) (fewer than {FEW_SAMPLES_WARN}): the estimates "
+            "and their error bars are unreliable (one sample gets none); draw more samples")
     if lost > FAILED_SAMPLES_WARN:
         out["warnings"].append(
             f"{n_failed + n_nonfinite} of {n_requested} samples ({100 * lost:.1f} %) failed "

@@ -26,6 +26,7 @@ from ..flows.build import build_flow
 from ..sampling import LOG_Q_TOLERANCE, REFERENCE_SOLVER, log_q_error, sample_exact
 from ..systems import build_target
 from ..model_file import ModelFile, check_matches, load_model_file
+from .checks import check_sample_counts
 
 log = logging.getLogger(__name__)
 PER_SAMPLE = ("x", "log_q", "energies", "log_weights")
@@ -189,14 +190,15 @@ def gather(config: dict, run: str) -> Path:
     shas, n_req, n_failed, seconds, n_mirrored = set(), 0, 0, 0.0, 0
     for p in shards:
         a = validate_h5(p)
+        with h5py.File(p, "r") as f:
+            for k in PER_SAMPLE:
+                arrays[k].append(f[k][()])
+        check_sample_counts(p, a, len(arrays["x"][-1]))
         shas.add(a["model_sha256"])
         n_req += int(a["n_requested"])
         n_failed += int(a["n_failed"])
         seconds += float(a.get("sample_seconds", float("nan")))
         n_mirrored += int(a.get("n_mirrored", 0))
-        with h5py.File(p, "r") as f:
-            for k in PER_SAMPLE:
-                arrays[k].append(f[k][()])
     if len(shas) != 1:
         raise DataError(f"shards of run {run!r} come from different models: {sorted(shas)}")
     attrs = read_attrs(shards[0])

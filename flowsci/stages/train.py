@@ -33,8 +33,14 @@ def load_splits(config: dict, system: str, splits: tuple[str, ...],
         target = build_target(config["systems"][system]["target"], f"systems.{system}.target")
     attrs = check_data_file(config, system, target, path)
     main = "positions" if attrs["kind"] == "particles" else "fields"
-    return {s: torch.as_tensor(a, dtype=torch.float64)
-            for s, a in read_splits(path, main, splits).items()}
+    data = read_splits(path, main, splits)
+    for s, a in data.items():
+        if len(a) == 0:  # training would save a model with test NLL nan
+            raise DataError(f"{path}: the {s} split is empty ({sum(map(len, data.values()))} "
+                            f"frames in {', '.join(splits)}); add frames or raise "
+                            f"systems.{system}.data.splits.{s}, then rerun `flowsci preprocess "
+                            f"--system {system} --force`")
+    return {s: torch.as_tensor(a, dtype=torch.float64) for s, a in data.items()}
 
 
 def load_split(config: dict, system: str, split: str) -> torch.Tensor:

@@ -77,10 +77,49 @@ def _step_of(p: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+def latest_checkpoint(ckpt_dir: Path, max_step: int | None = None) -> Path | None:
+    """The newest ckpt-{step}.pt (with step <= max_step if given), else None. DataError when
+    only checkpoints past max_step exist: resuming one would save a model trained for more
+    steps than training.steps, which is never accepted as done and so rewritten every call."""
     found = sorted((p for p in Path(ckpt_dir).glob("ckpt-*.pt") if _NAME.search(p.name)),
                    key=_step_of)
-    return found[-1] if found else None
+    if max_step is None or not found:
+        return found[-1] if found else None
+    usable = [p for p in found if _step_of(p) <= max_step]
+    if not usable:
+        raise DataError(f"{found[0]}: checkpoint at step {_step_of(found[0])} is past "
+                        f"training.steps = {max_step}; raise training.steps or delete "
+                        f"{Path(ckpt_dir)} to retrain")
+    return usable[-1]
+
+
+# What a checkpoint must hold, and the type of each entry.
+CHECKPOINT_KEYS = {"step": int, "elapsed": (int, float), "model": dict, "optimizer": dict,
+                   "scheduler": dict, "ema": dict, "rng_data": torch.Tensor,
+                   "rng_torch": torch.Tensor}
+
+
+def check_structure(path: Path, state) -> None:
+    """DataError naming the file unless `state` is a checkpoint dict (CHECKPOINT_KEYS) whose
+    weights are tensors and whose RNG states are byte tensors."""
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: not a checkpoint (a {type(state).__name__}, expected a "
+                        "mapping); delete it to restart")
+    missing = sorted(set(CHECKPOINT_KEYS) - set(state))
+    if missing:
+        raise DataError(f"{path}: checkpoint lacks {missing}; delete it to restart")
+    for key, types in CHECKPOINT_KEYS.items():
+        if not isinstance(state[key], types) or isinstance(state[key], bool):
+            raise DataError(f"{path}: checkpoint entry {key!r} is a {type(state[key]).__name__}; "
+                            "delete it to restart")
+    for part in ("model", "ema"):
+        if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state[part].items()):
+            raise DataError(f"{path}: checkpoint {part!r} holds non-tensor weights; delete it "
+                            "to restart")
+    for key in ("rng_data", "rng_torch"):
+        if state[key].dtype != torch.uint8 or state[key].ndim != 1:
+            raise DataError(f"{path}: checkpoint {key!r} is not a random-generator state; "
+                            "delete it to restart")
 
 
 def restore_state(state: dict, model, opt, sched, ema, gen: torch.Generator) -> None:
@@ -103,6 +142,7 @@ def load_checkpoint(path: Path, model, opt, sched, ema, gen: torch.Generator,
         state = load_plain(path, "checkpoint")
     except DataError as e:
         raise DataError(f"{e}; delete it to restart") from None
+    check_structure(path, state)
     if state.get("fingerprint", "") != fingerprint:
         raise DataError(f"{path}: checkpoint was written for other data or training settings; "
                         f"delete {Path(path).parent} to train from scratch")
@@ -110,5 +150,12 @@ def load_checkpoint(path: Path, model, opt, sched, ema, gen: torch.Generator,
         raise DataError(f"{path}: checkpoint holds non-finite weights ({bad}); delete it to "
                         f"resume from an earlier checkpoint, or delete {Path(path).parent} "
                         "and lower training.lr")
-    restore_state(state, model, opt, sched, ema, gen)
+    try:
+        restore_state(state, model, opt, sched, ema, gen)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        why = (first[1] if len(first) > 1 and first[0].startswith("Error(s)") else
+               (first or [type(e).__name__])[0])[:200]
+        raise DataError(f"{path}: checkpoint does not fit the configured model and optimizer "
+                        f"({why}); delete it to restart") from None
     return state

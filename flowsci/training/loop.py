@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..flows.base import Flow
+from ..io import DiskFullError, is_disk_full
 from ..progress import Progress
 from . import distributed
 from .checkpoint import (capture_state, first_non_finite, latest_checkpoint, load_checkpoint,
@@ -154,7 +155,7 @@ def train_flow(flow: nn.Module, objective, train_x: torch.Tensor, settings: Trai
     step, elapsed = 0, 0.0
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_dir = out_dir / "checkpoints" if out_dir is not None else None
-    if ckpt_dir is not None and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+    if ckpt_dir is not None and (ckpt := latest_checkpoint(ckpt_dir, settings.steps)) is not None:
         state = load_checkpoint(ckpt, flow, opt, sched, ema, gen, fingerprint)
         step, elapsed = state["step"], state["elapsed"]
         guard_.load(state.get("guard"))
@@ -319,8 +320,11 @@ class _Log:
 
     def write(self, row: dict) -> None:
         if self.file is not None:
-            self.writer.writerow(row)
-            self.file.flush()
+            try:
+                self.writer.writerow(row)
+                self.file.flush()
+            except OSError as e:
+                raise (DiskFullError(self.path, e) if is_disk_full(e) else e) from None
 
     def close(self) -> None:
         if self.file is not None:
