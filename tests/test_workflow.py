@@ -174,3 +174,23 @@ def test_train_launches_torchrun_when_its_gpu_resource_is_above_one(tmp_path):
     assert args[:6] == ["--standalone", "--nproc_per_node", "2", "-m", "flowsci.cli", "--"], args
     assert args[6:] == ["train", "--config", "results/.flowsci/config.yaml", "--quiet",
                         "--run", "tiny"], args
+
+
+def test_refine_rule_runs_only_for_enabled_runs(tmp_path):
+    """refine is off by default (no job); enabled, its rule (linted clean) writes the
+    method's file and metrics.json after sample."""
+    for sub in ("off", "on"):
+        (tmp_path / sub).mkdir()
+    r = _snakemake("-n", "--cores", "1", cwd=_workdir(tmp_path / "off", TINY))
+    assert r.returncode == 0, r.stderr
+    assert "rule refine_" not in r.stdout and "tiny/refine/" not in r.stdout
+    on = json.loads(json.dumps(TINY))
+    on["runs"]["tiny"]["refine"] = {"enabled": True, "method": "resample_move"}
+    wd = _workdir(tmp_path / "on", on)
+    r = _snakemake("-n", "--cores", "1", cwd=wd)
+    assert r.returncode == 0, r.stderr
+    assert "rule refine_tiny" in r.stdout
+    assert "results/dw4/tiny/refine/particles.h5" in r.stdout
+    assert "results/dw4/tiny/refine/metrics.json" in r.stdout
+    r = _snakemake("--lint", cwd=wd)
+    assert r.returncode == 0 and "Lints for" not in r.stdout + r.stderr, r.stdout + r.stderr
