@@ -189,3 +189,13 @@ def test_disabled_runs_are_skipped_by_default(results, tmp_path, capsys):
     dump_config(cfg, config_file)
     assert main(["refine", "-c", str(config_file), "-q"]) == 0
     assert not paths.refine_output(cfg, "dw4_r").exists()
+
+
+def test_status_knows_the_refine_stage(results):
+    from flowsci.stages.status import run_status
+    cfg = _cfg(results)
+    assert not run_status(cfg, "dw4_r").stage.endswith("refined")
+    refine(cfg, "dw4_r", progress=False)
+    assert run_status(cfg, "dw4_r").stage == "sampled+refined"
+    off = _cfg(results, enabled=False)
+    assert "refin" not in run_status(off, "dw4_r").stage
