@@ -21,7 +21,9 @@ import torch
 
 from .. import paths
 from ..config import canonical_json
+from ..chirality import mirrored_log_prob
 from ..data.hdf5 import provenance, sha256_of, write_h5
+from ..device import resolve_device, resolve_dtype
 from ..errors import ConfigError, DataError
 from ..io import atomic_output
 from ..progress import Progress
@@ -32,7 +34,7 @@ from ..reweighting import kish_ess, log_weights
 from ..systems import build_target
 from .checks import check_samples_file
 from .reweight import read_samples, run_observables
-from .sample import shard_seed
+from .sample import chirality_reference, load_trained_flow, shard_seed
 
 log = logging.getLogger(__name__)
 PARTS = {"refine": 0, "baseline": 1}  # part -> seed offset
@@ -105,15 +107,27 @@ def refine(config: dict, run: str, progress: bool = True, stop_after: int | None
 
 
 def _log_q_fn(config: dict, run: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Exact log q of configurations through flowsci.api (the sample stage's density, with
-    its chirality handling); the model is loaded once, on first use."""
+    """Exact log q of configurations [B, *event] -> [B] (float64): the sample stage's flow,
+    solver and chirality handling (as flowsci.api's Run.log_prob), batched by
+    sampling.batch_size; the model is loaded once, on first use."""
     cache: dict[str, Any] = {}
+    sp = config["runs"][run]["sampling"]
 
     def log_q(x: torch.Tensor) -> torch.Tensor:
-        if "run" not in cache:
-            from ..api import load_run
-            cache["run"] = load_run(config, run, device=config["device"])
-        return torch.as_tensor(cache["run"].log_prob(x.numpy()), dtype=torch.float64)
+        if "flow" not in cache:
+            dev = resolve_device(config["device"])
+            cache["flow"] = load_trained_flow(config, run, dev, resolve_dtype(sp["dtype"]),
+                                              sp["use_ema"])[0]
+            cache["chirality"] = chirality_reference(config, run, x.shape[1]) \
+                if x.ndim > 2 else None
+        flow = cache["flow"]
+        p = next(iter(flow.parameters()), torch.empty(0))
+        with torch.no_grad():
+            lq = torch.cat([flow.log_prob(x[i:i + sp["batch_size"]].to(p.device, p.dtype))
+                            .cpu().double() for i in range(0, len(x), sp["batch_size"])])
+        if cache["chirality"] is not None:
+            lq = mirrored_log_prob(x.double(), lq, *cache["chirality"])
+        return lq
 
     return log_q
 
