@@ -1,4 +1,5 @@
-# flowsci workflow: preprocess -> train -> sample -> reweight -> report.
+# flowsci workflow: preprocess -> train -> sample -> reweight -> report
+# (and sample -> refine for runs with runs.<run>.refine.enabled).
 # Run: snakemake --cores all   (report: snakemake --report report.html)
 from snakemake.utils import min_version
 
@@ -16,6 +17,7 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/reweight.smk"
+include: "workflow/rules/refine.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
 
@@ -31,4 +33,5 @@ localrules:
 rule all:
     input:
         report_outputs(),
+        refine_outputs(),
     default_target: True

@@ -86,6 +86,17 @@ def _reweight(cfg: dict, a: argparse.Namespace) -> None:
             print(reweight(cfg, run))
 
 
+def _refine(cfg: dict, a: argparse.Namespace) -> None:
+    from .stages.refine import refine
+
+    for run in _names(cfg, a, "runs", "run"):
+        if not cfg["runs"][run]["refine"]["enabled"] and not a.run:
+            continue  # all runs: only those with refine enabled; a named run always
+        with stage_lock(cfg, "refine", run=run):
+            path = refine(cfg, run, progress=not a.quiet, stop_after=a.stop_after)
+        print(path if path else f"{run}: stopped at cycle {a.stop_after}; run again to resume")
+
+
 def _report(cfg: dict, a: argparse.Namespace) -> None:
     from .stages.report import report
 
@@ -125,6 +136,7 @@ STAGES: dict[str, tuple[Callable, str]] = {
     "train": (_train, "train the run's flow (resumes from checkpoints)"),
     "sample": (_sample, "sample with exact log q into shards, then gather"),
     "reweight": (_reweight, "importance weights, ESS, observables with error bars"),
+    "refine": (_refine, "flow-assisted MCMC or resample-move on the target (runs.<run>.refine)"),
     "report": (_report, "figures, tables and summary.csv"),
     "export": (_export, "samples (raw or resampled by weight) or reference data as "
                         "DCD/XTC/PDB, extxyz or npy, with weights and log q beside (CSV)"),
@@ -159,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             s.add_argument("--stop-after", type=_positive_int, default=None,
                            help="stop after this global step (continue later from checkpoint)")
+        if name == "refine":
+            s.add_argument("--stop-after", type=int, default=None,
+                           help="stop at this cycle (continue later from the checkpoint)")
         if name == "sample":
             s.add_argument("--shard", type=int, default=None, help="only this shard")
             s.add_argument("--gather", action="store_true", help="only gather existing shards")

@@ -22,6 +22,11 @@ TEMPLATES = {
     "table_html": "{results}/{system}/{run}/table.html",
     "table_csv": "{results}/{system}/{run}/table.csv",
     "summary": "{results}/summary.csv",
+    # refine stage (runs.<run>.refine.enabled): chains.h5 (flow_mcmc) or particles.h5
+    "refine_dir": "{results}/{system}/{run}/refine",
+    "refine_chains": "{results}/{system}/{run}/refine/chains.h5",
+    "refine_particles": "{results}/{system}/{run}/refine/particles.h5",
+    "refine_metrics": "{results}/{system}/{run}/refine/metrics.json",
     # on demand (`snakemake <path>`, not part of `all`): flowsci export, resampled by weight
     "export": "{results}/{system}/{run}/export/resampled.{format}",
     # the Snakemake rules' logs (stderr of each stage command: its log and progress lines)
@@ -31,10 +36,12 @@ TEMPLATES = {
     "log_gather": "{results}/{system}/{run}/logs/sample-gather.log",
     "log_reweight": "{results}/{system}/{run}/logs/reweight.log",
     "log_report": "{results}/{system}/{run}/logs/report.log",
+    "log_refine": "{results}/{system}/{run}/logs/refine.log",
     "log_summary": "{results}/logs/report_summary.log",
     "log_export": "{results}/{system}/{run}/logs/export-{format}.log",
 }
-LOG_STAGES = ("preprocess", "train", "sample", "gather", "reweight", "report", "summary")
+LOG_STAGES = ("preprocess", "train", "sample", "gather", "reweight", "refine", "report",
+              "summary")
 
 
 def rule_path(name: str, results: str) -> str:
@@ -90,6 +97,21 @@ def figures_dir(config: dict, run: str) -> Path:
 def table_files(config: dict, run: str) -> tuple[Path, Path]:
     """(table.html, table.csv) of a run's report."""
     return _path("table_html", config, run), _path("table_csv", config, run)
+
+
+def refine_dir(config: dict, run: str) -> Path:
+    return _path("refine_dir", config, run)
+
+
+def refine_output(config: dict, run: str) -> Path:
+    """chains.h5 (method flow_mcmc) or particles.h5 (resample_move) of the refine stage."""
+    method = config["runs"][run]["refine"]["method"]
+    return _path("refine_particles" if method == "resample_move" else "refine_chains",
+                 config, run)
+
+
+def refine_metrics(config: dict, run: str) -> Path:
+    return _path("refine_metrics", config, run)
 
 
 def summary_file(config: dict, out_dir: str | None = None) -> Path:

@@ -41,6 +41,7 @@ LAYERS = [
     {"flows"},
     {"model_file", "training", "sampling", "chirality"},
     {"reweighting"},
+    {"refine"},
     {"analysis"},
     {"stages"},
     {"cli", "testing", "api"},

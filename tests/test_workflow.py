@@ -30,7 +30,9 @@ TINY = {
                      "batch_size": 32, "val_every": 2, "val_samples": 16,
                      "checkpoint_every": 2},
         "sampling": {"n_samples": 200, "n_shards": 2, "batch_size": 100},
-        "reweighting": {"n_bootstrap": 20}}},
+        "reweighting": {"n_bootstrap": 20},
+        "refine": {"enabled": True, "n_chains": 4, "n_local": 2, "n_cycles": 10, "burn_in": 2,
+                   "step_size": 0.05}}},
 }
 
 
@@ -112,7 +114,16 @@ def test_tiny_workflow_end_to_end(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
     rows = {tuple(line.split()[:3]) for line in status.stdout.splitlines()[2:]}
-    assert rows == {("dw4", "-", "preprocessed"), ("dw4", "tiny", "reported")}, status.stdout
+    assert rows == {("dw4", "-", "preprocessed"), ("dw4", "tiny", "reported+refined")}, \
+        status.stdout
+    # the refine rule ran after sample: chains, metrics with the baseline, progress lines
+    refined = json.loads((run / "refine" / "metrics.json").read_text())
+    assert refined["method"] == "flow_mcmc" and refined["baseline"]["cost"]["log_q_solves"] == 0
+    with h5py.File(run / "refine" / "chains.h5") as f:
+        assert f["x"].shape[:2] == (10, 4)
+    lines = [p for line in (run / "logs" / "refine.log").read_text().splitlines()
+             if (p := parse_line(line))]
+    assert lines and lines[-1]["state"] == "done"
     assert (run / "benchmarks" / "train.tsv").exists()
     r = _snakemake("--report", "report.html", cwd=wd)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -174,3 +185,25 @@ def test_train_launches_torchrun_when_its_gpu_resource_is_above_one(tmp_path):
     assert args[:6] == ["--standalone", "--nproc_per_node", "2", "-m", "flowsci.cli", "--"], args
     assert args[6:] == ["train", "--config", "results/.flowsci/config.yaml", "--quiet",
                         "--run", "tiny"], args
+
+
+def test_refine_rule_runs_only_for_enabled_runs(tmp_path):
+    """refine is off by default (no job); enabled, its rule (linted clean) writes the
+    method's file and metrics.json after sample."""
+    for sub in ("off", "on"):
+        (tmp_path / sub).mkdir()
+    off = json.loads(json.dumps(TINY))
+    off["runs"]["tiny"]["refine"]["enabled"] = False
+    r = _snakemake("-n", "--cores", "1", cwd=_workdir(tmp_path / "off", off))
+    assert r.returncode == 0, r.stderr
+    assert "rule refine_" not in r.stdout and "tiny/refine/" not in r.stdout
+    on = json.loads(json.dumps(TINY))
+    on["runs"]["tiny"]["refine"]["method"] = "resample_move"
+    wd = _workdir(tmp_path / "on", on)
+    r = _snakemake("-n", "--cores", "1", cwd=wd)
+    assert r.returncode == 0, r.stderr
+    assert "rule refine_tiny" in r.stdout
+    assert "results/dw4/tiny/refine/particles.h5" in r.stdout
+    assert "results/dw4/tiny/refine/metrics.json" in r.stdout
+    r = _snakemake("--lint", cwd=wd)
+    assert r.returncode == 0 and "Lints for" not in r.stdout + r.stderr, r.stdout + r.stderr

@@ -39,6 +39,10 @@ def _lock_and_outputs(config: dict, stage: str, run: str | None, system: str | N
     if stage == "reweight":
         return (run_dir / ".reweight.lock", f"reweighting of run {run!r}",
                 [paths.reweight_file(config, run), paths.metrics_file(config, run)])
+    if stage == "refine":
+        return (run_dir / ".refine.lock", f"the refinement of run {run!r}",
+                [paths.refine_output(config, run), paths.refine_metrics(config, run),
+                 paths.refine_dir(config, run) / "checkpoint-*.pt"])
     if stage == "report":
         html, csv = paths.table_files(config, run)
         return (run_dir / ".report.lock", f"the report of run {run!r}",

@@ -5,7 +5,8 @@ Stage reached, from the files in flowsci.paths: a system is `none` or `preproces
 (`preprocessing` while its log shows progress); a run is `none`, `preprocessed` (its data
 exists), `training step k of N` (train_log.csv, no model.pt yet), `trained`, `sampling i of n
 shards`, `sampled` (samples.h5), `reweighted` (reweight.h5 + metrics.json) or `reported`
-(table.html + table.csv). The progress column is the last progress line (flowsci.progress) of
+(table.html + table.csv), with '+refining' / '+refined' for runs with refine enabled. The
+progress column is the last progress line (flowsci.progress) of
 the log of the stage that comes next, with its age; ETA is that line's. A log that ends in an
 error after its last progress line is marked `failed`.
 """
@@ -142,6 +143,23 @@ def run_status(config: dict, run: str) -> Status:
         _with_log(row, [paths.log_file(config, "train", run)])
     elif paths.data_file(config, system).is_file():
         row.stage = "preprocessed"
+    return _with_refine(config, run, row)
+
+
+def _with_refine(config: dict, run: str, row: Status) -> Status:
+    """Runs with refine enabled: '+refined' once its metrics exist, '+refining' (with its
+    progress, unless the main stages show some) while its log has progress lines."""
+    if not config["runs"][run].get("refine", {}).get("enabled"):
+        return row
+    if paths.refine_metrics(config, run).is_file() and paths.refine_output(config, run).is_file():
+        row.stage += "+refined"
+        return row
+    log = paths.log_file(config, "refine", run)
+    if paths.samples_file(config, run).is_file() and log.is_file() and \
+            _mtime(log) >= _mtime(paths.samples_file(config, run)) and last_progress(log):
+        row.stage += "+refining"
+        if not row.progress:
+            _with_log(row, [log])
     return row
 
 
