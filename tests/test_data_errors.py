@@ -25,7 +25,7 @@ def lj_config(path, tmp_path, n_particles=3, **inp):
               "data": {"source": "file", "input": {
                   "path": str(path), "units": {"length": "reduced", "energy": "reduced"},
                   **inp}}}
-    return validate_config({"results_dir": str(tmp_path), "systems": {"s": system},
+    return validate_config({"results_dir": str(tmp_path / "results"), "systems": {"s": system},
                             "runs": {"r": {"system": "s", "model": {"name": "egnn"}}}})
 
 

@@ -28,7 +28,7 @@ def config(path, tmp_path, params=PARAMS, **inp):
     system = {"target": {"name": "phi4", "params": params},
               "data": {"source": "file", "input": {"path": str(path), **inp},
                        "splits": {"train": 0.5, "val": 0.3, "test": 0.2, "method": "contiguous"}}}
-    return validate_config({"results_dir": str(tmp_path), "systems": {"phi4": system},
+    return validate_config({"results_dir": str(tmp_path / "results"), "systems": {"phi4": system},
                             "runs": {"r": {"system": "phi4", "model": {"name": "lattice_conv"}}}})
 
 

@@ -134,7 +134,7 @@ def stream_config(tmp_path, n, n_atoms, chunk):
               "data": {"source": "file", "input": {
                   "path": str(path), "chunk_frames": chunk,
                   "units": {"length": "reduced", "energy": "reduced"}}}}
-    return validate_config({"results_dir": str(tmp_path), "systems": {"big": system},
+    return validate_config({"results_dir": str(tmp_path / "results"), "systems": {"big": system},
                             "runs": {"r": {"system": "big", "model": {"name": "egnn"}}}})
 
 

@@ -84,7 +84,7 @@ def _mol_config(path: Path, tmp: Path) -> dict:
     system = {"target": {"name": "lj", "params": {"n_particles": 3, "dim": 3}},
               "data": {"source": "file", "input": {
                   "path": str(path), "units": {"length": "reduced", "energy": "reduced"}}}}
-    return validate_config({"results_dir": str(tmp), "systems": {"s": system},
+    return validate_config({"results_dir": str(tmp / "results"), "systems": {"s": system},
                             "runs": {"r": {"system": "s", "model": {"name": "egnn"}}}})
 
 
@@ -118,7 +118,7 @@ def test_extxyz_reader_gives_a_valid_file_or_a_data_error(cut, length, insert):
 def _lat_config(path: Path, tmp: Path) -> dict:
     system = {"target": {"name": "phi4", "params": {"shape": [4, 4], "m2": -4.0, "lam": 5.0}},
               "data": {"source": "file", "input": {"path": str(path)}}}
-    return validate_config({"results_dir": str(tmp), "systems": {"s": system},
+    return validate_config({"results_dir": str(tmp / "results"), "systems": {"s": system},
                             "runs": {"r": {"system": "s", "model": {"name": "lattice_conv"}}}})
 
 

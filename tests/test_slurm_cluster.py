@@ -22,7 +22,8 @@ from test_workflow import ROOT, TINY, _snakemake, _workdir
 
 SCRIPT = ROOT / ".ci" / "slurm_local.sh"
 RUN_TIMEOUT_S = 420  # the run takes ~2.5 min on 2 cores; the plugin can hang on status checks
-QUEUED = {"preprocess", "train", "sample_shard", "reweight"}
+# TINY enables refine for its run: one rule per enabled run, named refine_<run>
+QUEUED = {"preprocess", "train", "sample_shard", "reweight", "refine_tiny"}
 LOCAL = {"sample_gather", "report_run", "report_summary", "all"}
 # The test cluster has no GPUs and maybe 1 CPU: no GPU requests, small memory, 1 CPU a job (a
 # job asking for more CPUs than the node has would pend for ever). On the command line these
@@ -120,7 +121,7 @@ def test_tiny_workflow_through_local_slurm(tmp_path, slurm_cluster):
     assert submitted == QUEUED and local == LOCAL, (submitted, local)
     slurm_logs = wd / ".snakemake" / "slurm_logs"
     assert {p.name for p in slurm_logs.iterdir()} == {f"rule_{r}" for r in QUEUED}
-    assert len(re.findall(r"submitted with SLURM jobid \d+", text)) == 5
+    assert len(re.findall(r"submitted with SLURM jobid \d+", text)) == 6  # 2 shards
 
     # every output of the stages
     res = wd / "results" / "dw4"
@@ -138,7 +139,8 @@ def test_tiny_workflow_through_local_slurm(tmp_path, slurm_cluster):
         assert (run / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     for out in (run / "table.html", run / "table.csv", wd / "results" / "summary.csv"):
         assert out.stat().st_size > 0, out
-    for name in ("train", "reweight", "sample-0", "sample-1", "sample-gather", "report"):
+    for name in ("train", "reweight", "sample-0", "sample-1", "sample-gather", "report",
+                 "refine"):
         assert (run / "logs" / f"{name}.log").exists(), name
         assert (run / "benchmarks" / f"{name if name != 'report' else 'report_run'}.tsv"
                 ).exists(), name

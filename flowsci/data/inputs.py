@@ -23,14 +23,15 @@ def regular_file(path: str | os.PathLike, key: str) -> Path:
     """`path` as a Path if it is an existing regular file; DataError naming it and `key` (the
     config key it came from) otherwise."""
     path = Path(path)
+    what = "topology file" if key.endswith("topology") else "input file"
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise DataError(f"{path}: input file does not exist ({key})") from None
+        raise DataError(f"{path}: {what} does not exist ({key})") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot open input file ({e.strerror}; {key})") from None
+        raise DataError(f"{path}: cannot open {what} ({e.strerror}; {key})") from None
     if stat.S_ISDIR(mode):
-        raise DataError(f"{path}: is a directory, not an input file ({key})")
+        raise DataError(f"{path}: is a directory, not an {what} ({key})")
     if not stat.S_ISREG(mode):
         raise DataError(f"{path}: is not a regular file (a FIFO, socket or device; {key})")
     return path
