@@ -16,8 +16,8 @@ from flowsci.refine.flow_mcmc import independence_log_alpha
 from flowsci.refine.hmc import hamiltonian, leapfrog
 from flowsci.refine.mala import mala_log_alpha, mala_log_proposal
 from flowsci.refine.potential import atomic_masses, potential_for
-from flowsci.refine.stats import (ancestry_error, batch_means_error, chain_summary,
-                                  split_rhat)
+from flowsci.refine.stats import (ancestry_error, ancestry_ess, batch_means_error,
+                                  chain_summary, split_rhat)
 
 D64 = torch.float64
 # 1-D mixture p(x) = 0.7 N(-1.5, 0.6^2) + 0.3 N(1.5, 0.6^2); a poor flow q = N(0.8, 1.6^2)
@@ -257,3 +257,15 @@ def test_ancestry_error_reduces_to_the_iid_error_for_distinct_ancestors():
     dup = np.repeat(f[:100], 5)  # five copies of each of 100 values
     assert ancestry_error(dup, np.repeat(np.arange(100), 5)) == pytest.approx(
         f[:100].std() / math.sqrt(100))
+
+
+def test_ancestry_ess_is_bounded_by_the_distinct_ancestors():
+    """Particles resampled from one or two flow samples carry one or two samples' information,
+    however far the moves spread them (the Chan-Lai sum is zero by construction for one)."""
+    f = np.random.default_rng(2).normal(size=200)
+    assert math.isnan(ancestry_error(f, np.zeros(200)))
+    assert math.isnan(ancestry_ess(f, np.zeros(200)))  # was ~1e35
+    two = np.repeat([0, 1], [150, 50])
+    assert 0 < ancestry_ess(f, two) <= 2  # was 362 > N
+    distinct = ancestry_ess(f, np.arange(200))  # unbounded in practice: ~N for iid values
+    assert 150 < distinct <= 200
