@@ -96,6 +96,11 @@ def test_flow_mcmc_end_to_end(results, run, kernel):
     r, b = m["refine"], m["baseline"]
     assert len(r["local_accept"]) == 4 and 0 <= r["local_accept_mean"] <= 1
     assert r["global_accept_mean"] is not None and r["pool_used"] == 4 * 14
+    # the flow samples charged: the initial block and the proposals, at the sample stage's rate
+    with h5py.File(paths.samples_file(cfg, run)) as f:
+        per_sample = float(f.attrs["sample_seconds"]) / len(f["x"])
+    assert r["cost"]["pool_sampling_cpu_seconds"] == pytest.approx(
+        per_sample * (r["pool_used"] + r["pool_init"]))
     assert r["cost"]["log_q_solves"] > 0 and b["cost"]["log_q_solves"] == 0
     # evaluations: 4 initial + 4 chains x 14 cycles x K=3 steps x (1 or 2 leapfrog) + accepted
     per_step = 1 if kernel == "mala" else 2

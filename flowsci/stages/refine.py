@@ -218,7 +218,9 @@ def _write(config: dict, run: str, target, flow: dict, samples_path: Path, pool:
             ("distinct_ancestors", main.distinct_ancestors),
             ("distinct_configurations", main.distinct_configurations), ("accept", main.accept))}
     else:
-        metrics["refine"] = chain_metrics(main, scalars, per_sample * main.pool_used)
+        # charged: the initial block the chains start from and the proposals they used
+        metrics["refine"] = chain_metrics(main, scalars,
+                                          per_sample * (main.pool_used + main.n_init))
         arrays = {"x": main.x, "energies": main.u, "local_accept": main.local_accept,
                   "global_accept": main.global_accept}
         if rs["global_moves"] and main.pool_used + main.n_init >= len(pool["x"]):
