@@ -77,8 +77,7 @@ def refine(config: dict, run: str, progress: bool = True, stop_after: int | None
             "u": torch.as_tensor(flow["energies"][keep], dtype=torch.float64)}
     if len(pool["x"]) < 2:
         raise DataError(f"{samples_path}: fewer than 2 samples with a finite energy and log q")
-    sample_seconds = float(flow["attrs"].get("sample_seconds", float("nan")))
-    per_sample = sample_seconds / max(len(flow["x"]), 1)
+    per_sample = _flow_seconds(flow["attrs"]) / max(len(flow["x"]), 1)
     fingerprint = canonical_json({"refine": rs, "samples": sha256_of(samples_path)})
     out_dir = paths.refine_dir(config, run)
     parts = ["refine"] + (["baseline"] if rs["baseline"] and rs["n_local"] > 0 else [])
@@ -191,6 +190,15 @@ def _resume(sampler, ckpt: Path, fingerprint: str) -> None:
 def _save(sampler, ckpt: Path, fingerprint: str) -> None:
     with atomic_output(ckpt) as tmp:
         torch.save({"fingerprint": fingerprint, "state": sampler.state_dict()}, tmp)
+
+
+def _flow_seconds(attrs: dict) -> float:
+    """Seconds charged for the pool's flow samples: the sample stage's process CPU time on a
+    CPU (the chains are charged theirs), its wall time on a GPU or for files without it."""
+    cpu = float(attrs.get("sample_cpu_seconds", float("nan")))
+    if str(attrs.get("device", "cpu")).startswith("cpu") and np.isfinite(cpu):
+        return cpu
+    return float(attrs.get("sample_seconds", float("nan")))
 
 
 def _write(config: dict, run: str, target, flow: dict, samples_path: Path, pool: dict,

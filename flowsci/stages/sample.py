@@ -106,7 +106,8 @@ def sample(config: dict, run: str, shard: int = 0, progress: bool = True,
                  sampling=json.dumps(sp, sort_keys=True),
                  test_nll=float(model.test_nll), train_seconds=float(model.train_seconds),
                  train_steps=int(model.step), device=str(dev), nfe=res["nfe"],
-                 sample_seconds=seconds, n_mirrored=n_mirrored,
+                 sample_seconds=seconds, sample_cpu_seconds=res["cpu_seconds"],
+                 n_mirrored=n_mirrored,
                  exact_method=flow.exact_method, log_q_error=err, log_q_error_n=n_check,
                  log_q_error_reference=json.dumps(vars(REFERENCE_SOLVER), sort_keys=True))
     arrays = {"x": x, "log_q": log_q, "energies": u, "log_weights": -u - log_q}
@@ -124,9 +125,10 @@ def draw_samples(config: dict, run: str, flow: Flow, target, n: int, seed: int, 
     measured on the flow's own density before any mirroring."""
     sp = config["runs"][run]["sampling"]
     gen = torch.Generator().manual_seed(int(seed))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = sample_exact(flow, target, n, sp["batch_size"], gen, progress=progress, desc=desc)
     res["seconds"] = time.perf_counter() - t0  # wall time of the exact sampling itself
+    res["cpu_seconds"] = time.process_time() - c0  # its process CPU time (all threads)
     n_check = min(int(check_samples), len(res["x"]))
     res["log_q_error"] = log_q_error(flow, res["x"][:n_check], res["log_q"][:n_check])
     res["log_q_error_n"] = n_check
@@ -187,7 +189,7 @@ def gather(config: dict, run: str) -> Path:
     if missing:
         raise DataError(f"missing sample shard(s): {', '.join(missing)}")
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in PER_SAMPLE}
-    shas, n_req, n_failed, seconds, n_mirrored = set(), 0, 0, 0.0, 0
+    shas, n_req, n_failed, seconds, cpu_seconds, n_mirrored = set(), 0, 0, 0.0, 0.0, 0
     for p in shards:
         a = validate_h5(p)
         with h5py.File(p, "r") as f:
@@ -198,13 +200,14 @@ def gather(config: dict, run: str) -> Path:
         n_req += int(a["n_requested"])
         n_failed += int(a["n_failed"])
         seconds += float(a.get("sample_seconds", float("nan")))
+        cpu_seconds += float(a.get("sample_cpu_seconds", float("nan")))  # nan: older shard
         n_mirrored += int(a.get("n_mirrored", 0))
     if len(shas) != 1:
         raise DataError(f"shards of run {run!r} come from different models: {sorted(shas)}")
     attrs = read_attrs(shards[0])
-    # sample_seconds: summed over shards (the machine time, whether shards ran in parallel)
+    # sample_(cpu_)seconds: summed over shards (the machine time, whether shards ran in parallel)
     attrs.update(n_requested=n_req, n_failed=n_failed, shard=-1, n_shards=len(shards),
-                 sample_seconds=seconds, n_mirrored=n_mirrored)
+                 sample_seconds=seconds, sample_cpu_seconds=cpu_seconds, n_mirrored=n_mirrored)
     out = paths.samples_file(config, run)
     write_h5(out, {k: np.concatenate(v) for k, v in arrays.items()}, attrs)
     validate_h5(out)
