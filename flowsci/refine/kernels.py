@@ -9,6 +9,7 @@ a target with atomic numbers.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,7 @@ def metropolis(log_alpha: torch.Tensor, generator: torch.Generator) -> tuple[tor
     return log_u < log_alpha, prob
 
 
-class LocalKernel:
+class LocalKernel(ABC):
     """Base of the local kernels; subclasses implement `step`."""
 
     kinds: tuple[str, ...] = ("particles", "lattice")
@@ -61,9 +62,10 @@ class LocalKernel:
         z = torch.randn(like.shape, generator=generator, dtype=like.dtype)
         return self.potential.project(z)
 
+    @abstractmethod
     def step(self, state: ChainState, step_size: float,
              generator: torch.Generator) -> tuple[ChainState, torch.Tensor]:
-        raise NotImplementedError
+        """One MH step of every chain: (new state, acceptance probabilities [C])."""
 
 
 KERNELS: Registry[LocalKernel] = Registry("refine kernel")

@@ -65,25 +65,29 @@ def chain_summary(chains: np.ndarray) -> dict[str, float]:
             "tau": tau, "ess": ess, "rhat": split_rhat(chains)}
 
 
+def _ancestry_error(values: np.ndarray, ancestors: np.ndarray) -> tuple[float, int]:
+    """(error, number of distinct ancestors); see ancestry_error."""
+    values = np.asarray(values, dtype=float)
+    _, group = np.unique(np.asarray(ancestors), return_inverse=True)
+    n_groups = int(group.max(initial=-1)) + 1
+    if len(values) < 2 or n_groups < 2:
+        return float("nan"), n_groups
+    sums = np.bincount(group, weights=values - values.mean())
+    return float(math.sqrt((sums**2).sum()) / len(values)), n_groups
+
+
 def ancestry_error(values: np.ndarray, ancestors: np.ndarray) -> float:
     """Standard error of the mean of values [N] whose particles descend from `ancestors`
     [N] (Chan & Lai 2013): var = (1/N^2) sum_a (sum_{i: A_i = a} (f_i - mean))^2. nan with
     fewer than two distinct ancestors: the estimator has (ancestors - 1) degrees of freedom,
     and with one ancestor its sum is zero by construction, not a zero error."""
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    _, group = np.unique(np.asarray(ancestors), return_inverse=True)
-    if n < 2 or group.max(initial=0) < 1:
-        return float("nan")
-    sums = np.bincount(group, weights=values - values.mean())
-    return float(math.sqrt((sums**2).sum()) / n)
+    return _ancestry_error(values, ancestors)[0]
 
 
 def ancestry_ess(values: np.ndarray, ancestors: np.ndarray) -> float:
     """Effective sample size var(f) / err^2 of a particle estimate, at most the number of
     distinct ancestors (the independent flow samples the particles carry; with few ancestors
     the error estimate itself is noisy and can be near zero); nan if undefined."""
-    err = ancestry_error(values, ancestors)
+    err, n_ancestors = _ancestry_error(values, ancestors)
     var = float(np.var(values, ddof=1)) if len(values) > 1 else float("nan")
-    n_ancestors = len(np.unique(np.asarray(ancestors)))
     return min(var / err**2, float(n_ancestors)) if err > 0 else float("nan")
